@@ -1,0 +1,73 @@
+#include <cpc/backend.h>
+
+CPC_NAMESPACE_BEGIN
+
+Backend::~Backend() = default;
+GuestPlatform::~GuestPlatform() = default;
+
+std::string_view BackendWrapper::name() const { return target_->name(); }
+Result<CvmHandle> BackendWrapper::LaunchCvm(const LaunchConfig& config) {
+  return target_->LaunchCvm(config);
+}
+Status BackendWrapper::DestroyCvm(CvmHandle cvm) {
+  return target_->DestroyCvm(cvm);
+}
+Result<uint32_t> BackendWrapper::CreateHvcpu(CvmHandle cvm,
+                                             const HvcpuConfig& config) {
+  return target_->CreateHvcpu(cvm, config);
+}
+Result<HvcpuExit> BackendWrapper::ScheduleHvcpu(CvmHandle cvm, uint32_t hvcpu,
+                                                const HvcpuEntry& entry) {
+  return target_->ScheduleHvcpu(cvm, hvcpu, entry);
+}
+Result<SharedRegion> BackendWrapper::MapSharedRegion(CvmHandle cvm) {
+  return target_->MapSharedRegion(cvm);
+}
+Status BackendWrapper::PauseGuest(CvmHandle cvm) {
+  return target_->PauseGuest(cvm);
+}
+Status BackendWrapper::ResumeGuest(CvmHandle cvm) {
+  return target_->ResumeGuest(cvm);
+}
+Result<std::vector<Gpa>> BackendWrapper::ReadDirtyLog(CvmHandle cvm,
+                                                      bool rearm) {
+  return target_->ReadDirtyLog(cvm, rearm);
+}
+
+uint64_t GuestPlatformWrapper::memory_bytes() const {
+  return target_->memory_bytes();
+}
+uint32_t GuestPlatformWrapper::vcpu_count() const {
+  return target_->vcpu_count();
+}
+Result<std::span<const uint8_t>> GuestPlatformWrapper::PrivatePageForRead(
+    Gpa gpa) {
+  return target_->PrivatePageForRead(gpa);
+}
+Result<std::span<uint8_t>> GuestPlatformWrapper::PrivatePageForWrite(Gpa gpa) {
+  return target_->PrivatePageForWrite(gpa);
+}
+Result<std::vector<uint8_t>> GuestPlatformWrapper::ExportVcpuState(
+    uint32_t vcpu) {
+  return target_->ExportVcpuState(vcpu);
+}
+Status GuestPlatformWrapper::ImportVcpuState(uint32_t vcpu,
+                                             std::span<const uint8_t> state) {
+  return target_->ImportVcpuState(vcpu, state);
+}
+Status GuestPlatformWrapper::IsolateSecureCpc(uint32_t hvcpu, GpaRange range) {
+  return target_->IsolateSecureCpc(hvcpu, range);
+}
+Status GuestPlatformWrapper::PageStateChange(GpaRange range, PageState state) {
+  return target_->PageStateChange(range, state);
+}
+Result<std::vector<uint8_t>> GuestPlatformWrapper::AttestationReport(
+    std::span<const uint8_t, 64> report_data) {
+  return target_->AttestationReport(report_data);
+}
+Result<SecretBytes> GuestPlatformWrapper::SealingKey(
+    std::span<const uint8_t> context) {
+  return target_->SealingKey(context);
+}
+
+CPC_NAMESPACE_END
