@@ -71,6 +71,9 @@ struct CallProgress {
 struct HvcpuExit {
   enum class Reason : uint8_t {
     kYielded,    // call suspended; enter again with kResume (or kAbort)
+    kPreempted,  // the slice timer stopped the hvCPU mid-task (the module did
+                 // not yield in time); kResume continues it where it was,
+                 // kAbort discards its context
     kCompleted,  // call ended: `status` is its result; the call was reset
   };
   Reason reason = Reason::kCompleted;

@@ -5,6 +5,12 @@
 // emulated VMENTER: it hands the hvCPU an entry (start / resume / abort) and
 // blocks until the hvCPU exits (yield or completion). Calls run on the
 // runtime's own thread - the hvCPU - so a module's stack survives a yield.
+// An hvCPU does not run unless scheduled: when a module overruns its slice
+// (plus kPreemptGrace) without yielding, the emulated slice timer parks the
+// hvCPU thread with a signal (the VMEXIT) and Enter returns kPreempted. A
+// resume unparks it; an abort lets a cooperative module unwind within
+// kAbortGrace and otherwise discards the parked context for good (State
+// Reset of the vCPU) and gives the hvCPU a fresh thread.
 //
 // DriveCall (host side) schedules one call to completion through any Enter
 // function (an in-process runtime, or Backend::ScheduleHvcpu) and applies the
@@ -30,6 +36,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 #include <utility>
 
 CPC_NAMESPACE_BEGIN
@@ -59,17 +66,29 @@ class CPC_EXPORT HvcpuRuntime {
   Result<HvcpuExit> Enter(const HvcpuEntry& entry);
 
   CallState state() const;
+  // Times the slice timer parked this hvCPU, and contexts discarded.
+  uint64_t preemptions() const;
+  uint64_t discarded_contexts() const;
   uint32_t index() const { return index_; }
+
+  static constexpr Duration kPreemptGrace = std::chrono::milliseconds(5);
+  static constexpr Duration kAbortGrace = std::chrono::milliseconds(50);
   Isolation isolation() const { return isolation_; }
 
  private:
   struct Call;
   class Context;
-  void ThreadMain();
+  struct Vcpu;
+  void ThreadMain(Vcpu* vcpu);
+  void StartThread();
+  void Park();
+  void Unpark();
   Result<HvcpuExit> Start(std::unique_lock<std::mutex>& lock,
                           const HvcpuEntry& entry);
   Result<HvcpuExit> RunUntilExit(std::unique_lock<std::mutex>& lock);
-  HvcpuExit FinishAndReset(std::unique_lock<std::mutex>& lock);
+  Result<HvcpuExit> AbortCall(std::unique_lock<std::mutex>& lock);
+  HvcpuExit FinishAndReset(std::unique_lock<std::mutex>& lock,
+                           bool discard = false);
 
   const uint32_t index_;
   const Isolation isolation_;
@@ -84,7 +103,9 @@ class CPC_EXPORT HvcpuRuntime {
   bool run_ = false;       // hvCPU thread may run the current call
   bool exited_ = false;    // hvCPU thread posted an exit
   bool shutdown_ = false;
-  std::thread thread_;
+  uint64_t preemptions_ = 0;
+  uint64_t discarded_ = 0;
+  std::unique_ptr<Vcpu> vcpu_;  // the live hvCPU thread
 };
 
 struct CPC_EXPORT AbortPolicy {
@@ -115,6 +136,7 @@ class CPC_EXPORT AbortMonitor {
 struct CallStats {
   uint32_t entries = 0;  // times the hvCPU was entered
   uint32_t yields = 0;
+  uint32_t preemptions = 0;  // slices that ended by the timer, not a yield
   uint64_t bytes = 0;
   Duration elapsed{0};
   double rate_bytes_per_s = 0;

@@ -1,4 +1,13 @@
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <csignal>
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
@@ -20,6 +29,67 @@ void Wipe(std::vector<uint8_t>& v) {
   if (!v.empty()) OPENSSL_cleanse(v.data(), v.size());
   v.clear();
 }
+
+// The emulated slice timer: the host side parks an overrunning hvCPU thread
+// by signalling it; the handler blocks on a futex until released. Only
+// async-signal-safe operations (atomics, raw futex syscalls) run in it.
+struct ParkCell {
+  std::atomic<int> hold{0};    // 1: stay parked
+  std::atomic<int> parked{0};  // 1: the thread is inside the handler
+};
+static_assert(sizeof(std::atomic<int>) == sizeof(int) &&
+              std::atomic<int>::is_always_lock_free);
+
+void FutexWait(std::atomic<int>* word, int expected) {
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE,
+          expected, nullptr, nullptr, 0);
+}
+void FutexWake(std::atomic<int>* word) {
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAKE_PRIVATE, INT_MAX,
+          nullptr, nullptr, 0);
+}
+
+thread_local ParkCell* t_park = nullptr;
+
+void OnPreemptSignal(int) {
+  const int saved_errno = errno;
+  if (ParkCell* c = t_park) {
+    c->parked.store(1);
+    FutexWake(&c->parked);
+    while (c->hold.load() == 1) FutexWait(&c->hold, 1);
+    c->parked.store(0);
+    FutexWake(&c->parked);
+  }
+  errno = saved_errno;
+}
+
+int PreemptSignal() {
+  static const int sig = [] {
+    const int s = SIGRTMIN + 3;
+    struct sigaction sa = {};
+    sa.sa_handler = OnPreemptSignal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(s, &sa, nullptr);
+    return s;
+  }();
+  return sig;
+}
+}  // namespace
+
+// One hvCPU thread with its park cell and wake-up condition. A discarded
+// (zombie) context keeps its Vcpu for the life of the process.
+struct HvcpuRuntime::Vcpu {
+  std::thread thread;
+  ParkCell cell;
+  std::condition_variable wake;  // hvCPU-thread-side waits
+};
+
+namespace {
+// Parked contexts discarded by aborts: never resumed, never freed (their
+// stacks still point into them).
+std::mutex g_zombie_mu;
+std::vector<std::shared_ptr<void>> g_zombies;
 }  // namespace
 
 struct HvcpuRuntime::Machine {
@@ -36,9 +106,10 @@ struct HvcpuRuntime::Call {
   Token token;
   Module* module = nullptr;
   std::vector<uint8_t> args;
-  Clock::time_point slice_end = kNever;
+  std::atomic<Clock::time_point> slice_end{kNever};
   Clock::time_point budget_end = kNever;
-  CallProgress progress;
+  std::atomic<uint64_t> bytes_done{0};
+  std::atomic<uint64_t> bytes_total{0};
   std::vector<std::function<void()>> commits;
   std::vector<std::function<void()>> rollbacks;
   std::vector<uint8_t> output;
@@ -46,11 +117,16 @@ struct HvcpuRuntime::Call {
   bool picked = false;    // the hvCPU thread started Run
   bool abort = false;     // host aborted the call
   bool finished = false;  // Run returned and commit/rollback ran
+  bool preempted = false; // the hvCPU thread is parked mid-task
+  bool terminating = false;  // Run returned; commit/rollback running
+
+  CallProgress progress() const { return {bytes_done.load(), bytes_total.load()}; }
 };
 
 class HvcpuRuntime::Context final : public CallContext {
  public:
-  Context(HvcpuRuntime* rt, Call* call) : rt_(rt), call_(call) {}
+  Context(HvcpuRuntime* rt, Vcpu* vcpu, Call* call)
+      : rt_(rt), vcpu_(vcpu), call_(call) {}
 
   uint64_t call_id() const override { return call_->token.serial; }
   std::string_view module() const override { return call_->token.module; }
@@ -66,23 +142,22 @@ class HvcpuRuntime::Context final : public CallContext {
                       "CallContext::platform");
     return *rt_->services_.platform;
   }
-  void SetWorkSize(uint64_t bytes) override {
-    call_->progress.bytes_total = bytes;
-  }
+  void SetWorkSize(uint64_t bytes) override { call_->bytes_total = bytes; }
   Status Charge(uint64_t bytes) override {
     const uint64_t limit = call_->token.budget.bytes;
-    if (limit != 0 && bytes > limit - std::min(limit, call_->progress.bytes_done))
+    const uint64_t done = call_->bytes_done.load(std::memory_order_relaxed);
+    if (limit != 0 && bytes > limit - std::min(limit, done))
       return Status(Code::kBudgetExceeded,
                     fmt::format("call {} would process {} bytes; its token "
                                 "allows {}",
-                                call_id(), call_->progress.bytes_done + bytes,
-                                limit));
-    call_->progress.bytes_done += bytes;
+                                call_id(), done + bytes, limit));
+    call_->bytes_done.store(done + bytes, std::memory_order_relaxed);
     return Status::Ok();
   }
   bool ShouldYield() const override {
     auto now = Clock::now();
-    return now >= call_->slice_end || now >= call_->budget_end;
+    return now >= call_->slice_end.load(std::memory_order_relaxed) ||
+           now >= call_->budget_end;
   }
   Status MaybeYield() override {
     auto now = Clock::now();
@@ -90,7 +165,8 @@ class HvcpuRuntime::Context final : public CallContext {
       return Status(Code::kBudgetExceeded,
                     fmt::format("call {} ran past its token's {} ms",
                                 call_id(), call_->token.budget.time_ms));
-    if (now < call_->slice_end) return Status::Ok();
+    if (now < call_->slice_end.load(std::memory_order_relaxed))
+      return Status::Ok();
     std::unique_lock<std::mutex> lock(rt_->mu_);
     // A module that ignores kAborted and yields again stays aborted.
     if (call_->abort)
@@ -100,7 +176,7 @@ class HvcpuRuntime::Context final : public CallContext {
     rt_->run_ = false;
     rt_->exited_ = true;
     rt_->cv_.notify_all();
-    rt_->cv_.wait(lock, [this] { return rt_->run_; });
+    vcpu_->wake.wait(lock, [this] { return rt_->run_; });
     if (call_->abort)
       return Status(Code::kAborted,
                     fmt::format("call {} aborted by the host", call_id()));
@@ -119,6 +195,7 @@ class HvcpuRuntime::Context final : public CallContext {
 
  private:
   HvcpuRuntime* rt_;
+  Vcpu* vcpu_;
   Call* call_;
 };
 
@@ -132,26 +209,31 @@ HvcpuRuntime::HvcpuRuntime(uint32_t index, Isolation isolation,
     AbortWithStatus(Status(Code::kInvalidArgument,
                            "HvcpuRuntime needs an authority and modules"),
                     "HvcpuRuntime");
-  thread_ = std::thread([this] { ThreadMain(); });
+  PreemptSignal();  // install the handler before any thread can be parked
+  StartThread();
 }
 
 HvcpuRuntime::~HvcpuRuntime() {
+  std::unique_ptr<Vcpu> vcpu;
   {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return !entered_; });
     if (machine_->sm.state() == CallState::kSuspended) {
-      machine_->Must(CallEvent::kAbort);
-      call_->abort = true;
-      run_ = true;
-      exited_ = false;
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return exited_; });
-      FinishAndReset(lock);
+      entered_ = true;
+      (void)AbortCall(lock);
+      entered_ = false;
     }
     shutdown_ = true;
-    cv_.notify_all();
+    vcpu_->wake.notify_all();
+    vcpu = std::move(vcpu_);
   }
-  thread_.join();
+  vcpu->thread.join();
+}
+
+void HvcpuRuntime::StartThread() {
+  vcpu_ = std::make_unique<Vcpu>();
+  Vcpu* v = vcpu_.get();
+  v->thread = std::thread([this, v] { ThreadMain(v); });
 }
 
 CallState HvcpuRuntime::state() const {
@@ -159,10 +241,35 @@ CallState HvcpuRuntime::state() const {
   return machine_->sm.state();
 }
 
-void HvcpuRuntime::ThreadMain() {
+uint64_t HvcpuRuntime::preemptions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return preemptions_;
+}
+
+uint64_t HvcpuRuntime::discarded_contexts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return discarded_;
+}
+
+void HvcpuRuntime::Park() {
+  ParkCell& c = vcpu_->cell;
+  c.hold.store(1);
+  pthread_kill(vcpu_->thread.native_handle(), PreemptSignal());
+  while (c.parked.load() == 0) FutexWait(&c.parked, 0);
+}
+
+void HvcpuRuntime::Unpark() {
+  ParkCell& c = vcpu_->cell;
+  c.hold.store(0);
+  FutexWake(&c.hold);
+  while (c.parked.load() == 1) FutexWait(&c.parked, 1);
+}
+
+void HvcpuRuntime::ThreadMain(Vcpu* vcpu) {
+  t_park = &vcpu->cell;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [this] {
+    vcpu->wake.wait(lock, [this] {
       return shutdown_ || (run_ && call_ && !call_->picked);
     });
     if (!(run_ && call_ && !call_->picked)) return;  // shutdown
@@ -170,7 +277,7 @@ void HvcpuRuntime::ThreadMain() {
     call->picked = true;
     lock.unlock();
 
-    Context ctx(this, call);
+    Context ctx(this, vcpu, call);
     Status result = call->module->Run(ctx);
     lock.lock();
     if (call->abort && result.code() != Code::kAborted)
@@ -178,6 +285,7 @@ void HvcpuRuntime::ThreadMain() {
                       fmt::format("call {} aborted by the host (module "
                                   "returned: {})",
                                   call->token.serial, result.ToString()));
+    call->terminating = true;
     lock.unlock();
     // Yield Termination: apply or undo, never half.
     if (result.ok()) {
@@ -231,17 +339,54 @@ Result<HvcpuExit> HvcpuRuntime::Enter(const HvcpuEntry& entry) {
                                   : "abort",
                               entry.call_id, index_, CallStateName(st)));
   }
-  if (entry.kind == HvcpuEntry::Kind::kResume) {
-    machine_->Must(CallEvent::kResume);
-    call_->slice_end = After(Clock::now(), entry.slice);
-  } else {
-    machine_->Must(CallEvent::kAbort);
-    call_->abort = true;
-  }
-  run_ = true;
+  if (entry.kind == HvcpuEntry::Kind::kAbort) return AbortCall(lock);
+
+  machine_->Must(CallEvent::kResume);
+  call_->slice_end = After(Clock::now(), entry.slice);
   exited_ = false;
-  cv_.notify_all();
+  if (call_->preempted) {
+    call_->preempted = false;
+    Unpark();  // continues mid-task, exactly where the timer stopped it
+  } else {
+    run_ = true;
+    vcpu_->wake.notify_all();
+  }
   return RunUntilExit(lock);
+}
+
+Result<HvcpuExit> HvcpuRuntime::AbortCall(std::unique_lock<std::mutex>& lock) {
+  machine_->Must(CallEvent::kAbort);
+  call_->abort = true;
+  exited_ = false;
+  // Wake the context: a module that checks MaybeYield unwinds cleanly.
+  if (call_->preempted) {
+    call_->preempted = false;
+    Unpark();
+  } else {
+    run_ = true;
+    vcpu_->wake.notify_all();
+  }
+  if (cv_.wait_for(lock, kAbortGrace, [this] { return exited_; }) ||
+      call_->terminating) {
+    // Its own commit/rollback is under way: let it finish, never race it.
+    cv_.wait(lock, [this] { return exited_; });
+    return FinishAndReset(lock);
+  }
+  // A hog: discard its context for good (the vCPU's registers are reset) and
+  // undo on its behalf; the parked thread never runs again.
+  Park();
+  ++discarded_;
+  Call* call = call_.get();
+  for (auto it = call->rollbacks.rbegin(); it != call->rollbacks.rend(); ++it)
+    (*it)();
+  call->result = Status(Code::kAborted,
+                        fmt::format("call {} aborted by the host; its hvCPU "
+                                    "context was discarded",
+                                    call->token.serial));
+  call->finished = true;
+  HvcpuExit exit = FinishAndReset(lock, /*discard=*/true);
+  StartThread();
+  return exit;
 }
 
 Result<HvcpuExit> HvcpuRuntime::Start(std::unique_lock<std::mutex>& lock,
@@ -291,36 +436,61 @@ Result<HvcpuExit> HvcpuRuntime::Start(std::unique_lock<std::mutex>& lock,
   call_ = std::move(call);
   run_ = true;
   exited_ = false;
-  cv_.notify_all();
+  vcpu_->wake.notify_all();
   return RunUntilExit(lock);
 }
 
 Result<HvcpuExit> HvcpuRuntime::RunUntilExit(
     std::unique_lock<std::mutex>& lock) {
-  cv_.wait(lock, [this] { return exited_; });
+  const auto slice_end = call_->slice_end.load();
+  const bool exited =
+      slice_end == kNever
+          ? (cv_.wait(lock, [this] { return exited_; }), true)
+          : cv_.wait_until(lock, slice_end + kPreemptGrace,
+                           [this] { return exited_; });
+  if (!exited) {
+    // The slice timer fires: VMEXIT whether the module likes it or not.
+    Park();
+    ++preemptions_;
+    call_->preempted = true;
+    machine_->Must(CallEvent::kYield);
+    HvcpuExit exit;
+    exit.reason = HvcpuExit::Reason::kPreempted;
+    exit.call_id = call_->token.serial;
+    exit.progress = call_->progress();
+    return exit;
+  }
   if (call_->finished) return FinishAndReset(lock);
   HvcpuExit exit;
   exit.reason = HvcpuExit::Reason::kYielded;
   exit.call_id = call_->token.serial;
-  exit.progress = call_->progress;
+  exit.progress = call_->progress();
   return exit;
 }
 
-HvcpuExit HvcpuRuntime::FinishAndReset(std::unique_lock<std::mutex>& lock) {
+HvcpuExit HvcpuRuntime::FinishAndReset(std::unique_lock<std::mutex>& lock,
+                                       bool discard) {
   (void)lock;
   HvcpuExit exit;
   exit.reason = HvcpuExit::Reason::kCompleted;
   exit.call_id = call_->token.serial;
   exit.status = call_->result;
-  exit.progress = call_->progress;
+  exit.progress = call_->progress();
   if (exit.status.ok()) exit.output = std::move(call_->output);
   machine_->Must(CallEvent::kResultCollected);  // State Reset
-  services_.authority->Retire(call_->token.serial,
-                              call_->progress.bytes_done);
+  services_.authority->Retire(call_->token.serial, exit.progress.bytes_done);
   Wipe(call_->args);
   Wipe(call_->output);
+  if (discard) {
+    // The parked thread's stack still refers to its Vcpu and Call.
+    vcpu_->thread.detach();
+    std::lock_guard<std::mutex> zl(g_zombie_mu);
+    g_zombies.emplace_back(std::shared_ptr<Vcpu>(std::move(vcpu_)));
+    g_zombies.emplace_back(std::shared_ptr<Call>(std::move(call_)));
+  }
   call_.reset();
   exited_ = false;
+  run_ = false;
   machine_->Must(CallEvent::kResetDone);  // Idle
   return exit;
 }
@@ -389,8 +559,12 @@ Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
   ++out.stats.entries;
   CPC_ASSIGN_OR_RETURN(HvcpuExit exit, enter(start));
   Status verdict;
-  while (exit.reason == HvcpuExit::Reason::kYielded) {
-    ++out.stats.yields;
+  while (exit.reason != HvcpuExit::Reason::kCompleted) {
+    if (exit.reason == HvcpuExit::Reason::kPreempted) {
+      ++out.stats.preemptions;
+    } else {
+      ++out.stats.yields;
+    }
     update(exit);
     verdict = monitor.Observe(exit.progress, Clock::now());
     HvcpuEntry next;

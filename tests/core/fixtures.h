@@ -99,6 +99,36 @@ class CountingModule : public cpc::Module {
   std::atomic<int>* target_;
 };
 
+// A dishonest module: spins forever without yielding; it stages a commit
+// (that must never apply) and a rollback.
+class HogModule : public cpc::Module {
+ public:
+  explicit HogModule(std::atomic<int>* target) : target_(target) {}
+  std::string_view name() const override { return "work"; }
+  std::vector<std::string> procedures() const override { return {"run"}; }
+  cpc::Isolation isolation() const override {
+    return cpc::Isolation::kPlain;
+  }
+  cpc::Status Run(cpc::CallContext& ctx) override {
+    ctx.SetWorkSize(1 << 20);
+    ctx.OnCommit([this] { *target_ += 1000; });
+    ctx.OnRollback([this] { ++rollbacks; });
+    if (ctx.args().empty()) {
+      for (;;) spins.fetch_add(1, std::memory_order_relaxed);
+    }
+    // With an argument it spins but honours MaybeYield (checks it rarely).
+    for (;;) {
+      for (int i = 0; i < 1000; ++i) spins.fetch_add(1, std::memory_order_relaxed);
+      CPC_RETURN_IF_ERROR(ctx.MaybeYield());
+    }
+  }
+  std::atomic<uint64_t> spins{0};
+  std::atomic<int> rollbacks{0};
+
+ private:
+  std::atomic<int>* target_;
+};
+
 }  // namespace cpc_test
 
 #endif  // CPC_TESTS_CORE_FIXTURES_H_
