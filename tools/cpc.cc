@@ -48,7 +48,8 @@ constexpr Command kCommands[] = {
 
 void Usage(std::FILE* out) {
   fmt::print(out, "usage: cpc <command> [options]\n\ncommands:\n");
-  for (const auto& c : kCommands) fmt::print(out, "  {:<10} {}\n", c.name, c.help);
+  for (const auto& c : kCommands)
+    fmt::print(out, "  {:<10} {}\n", c.name, c.help);
 }
 
 }  // namespace

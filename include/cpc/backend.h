@@ -21,12 +21,6 @@
 #ifndef CPC_BACKEND_H_
 #define CPC_BACKEND_H_
 
-#include <cpc/call.h>
-#include <cpc/export.h>
-#include <cpc/secret.h>
-#include <cpc/status.h>
-#include <cpc/types.h>
-
 #include <array>
 #include <cstdint>
 #include <map>
@@ -35,6 +29,13 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <cpc/call.h>
+#include <cpc/export.h>
+#include <cpc/secret.h>
+#include <cpc/status.h>
+#include <cpc/token.h>
+#include <cpc/types.h>
 
 CPC_NAMESPACE_BEGIN
 
@@ -48,11 +49,11 @@ struct HvcpuConfig {
 };
 
 struct LaunchConfig {
-  std::string image;             // path of the CVM image (an executable)
-  uint64_t memory_bytes = 0;     // guest memory, multiple of kPageSize
-  uint32_t gvcpus = 1;           // vCPUs of the guest OS
+  std::string image;          // path of the CVM image (an executable)
+  uint64_t memory_bytes = 0;  // guest memory, multiple of kPageSize
+  uint32_t gvcpus = 1;        // vCPUs of the guest OS
   std::vector<HvcpuConfig> hvcpus;
-  std::vector<uint8_t> policy;   // serialized TenantPolicy (measured)
+  std::vector<uint8_t> policy;  // serialized TenantPolicy (measured)
   std::map<std::string, std::string> options;  // backend/workload specific
 };
 
@@ -115,6 +116,11 @@ class CPC_EXPORT Backend {
   // GPAs written since the last call with `rearm` (or since launch), sorted.
   // Only GPAs cross to the host, never contents.
   virtual Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) = 0;
+  // Asks the guest OS's agent (over the host<->guest channel) for a token.
+  // The agent may refuse (kNotApproved), the tenant policy too (see
+  // TokenAuthority::Mint); kTimeout if the guest does not answer.
+  virtual Result<std::vector<uint8_t>> RequestToken(
+      CvmHandle cvm, const TokenRequest& request) = 0;
 };
 
 class CPC_EXPORT GuestPlatform {
@@ -176,6 +182,8 @@ class CPC_EXPORT BackendWrapper : public Backend {
   Status PauseGuest(CvmHandle cvm) override;
   Status ResumeGuest(CvmHandle cvm) override;
   Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) override;
+  Result<std::vector<uint8_t>> RequestToken(
+      CvmHandle cvm, const TokenRequest& request) override;
 
  private:
   Backend* target_;

@@ -3,21 +3,22 @@
 // exits. Plain values; no synchronisation.
 //
 // A call runs the paper's state machine:
-//   Idle -> Token Validation -> Core Tasks -> Yield Termination -> State Reset -> Idle
+//   Idle -> Token Validation -> Core Tasks -> Yield Termination -> State Reset
+//   -> Idle
 // A long call may leave Core Tasks for Suspended (its slice is used up or the
 // module yields) and is resumed by the next entry without a new token. Once a
 // call reaches State Reset its id is retired and it can never be resumed.
 #ifndef CPC_CALL_H_
 #define CPC_CALL_H_
 
-#include <cpc/export.h>
-#include <cpc/status.h>
-#include <cpc/types.h>
-
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <cpc/export.h>
+#include <cpc/status.h>
+#include <cpc/types.h>
 
 CPC_NAMESPACE_BEGIN
 
@@ -31,13 +32,13 @@ enum class CallState : uint8_t {
 };
 
 enum class CallEvent : uint8_t {
-  kStart = 0,        // host enters the hvCPU with a token   (Idle -> TV)
-  kTokenAccepted,    //                                      (TV -> CT)
-  kTokenRejected,    //                                      (TV -> YT)
-  kYield,            // slice used / module yields           (CT -> Suspended)
-  kResume,           // host enters again, same call         (Suspended -> CT)
-  kTaskFinished,     // module returned (ok or error)        (CT -> YT)
-  kAbort,            // abort protocol                       (CT|Suspended -> YT)
+  kStart = 0,      // host enters the hvCPU with a token   (Idle -> TV)
+  kTokenAccepted,  //                                      (TV -> CT)
+  kTokenRejected,  //                                      (TV -> YT)
+  kYield,          // slice used / module yields           (CT -> Suspended)
+  kResume,         // host enters again, same call         (Suspended -> CT)
+  kTaskFinished,   // module returned (ok or error)        (CT -> YT)
+  kAbort,          // abort protocol                       (CT|Suspended -> YT)
   kResultCollected,  // host took the result                 (YT -> SR)
   kResetDone,        // scrubbed                             (SR -> Idle)
 };
@@ -53,12 +54,13 @@ struct HvcpuEntry {
     kAbort,   // end suspended call `call_id` as kAborted, nothing applied
   };
   Kind kind = Kind::kStart;
-  uint64_t call_id = 0;          // kResume / kAbort
-  std::string module;            // kStart
-  std::string procedure;         // kStart
-  std::vector<uint8_t> token;    // kStart: wire form of a Token
-  std::vector<uint8_t> args;     // kStart: module-defined arguments
-  Duration slice = Duration(0);  // run at most this long before yielding; 0 = no limit
+  uint64_t call_id = 0;        // kResume / kAbort
+  std::string module;          // kStart
+  std::string procedure;       // kStart
+  std::vector<uint8_t> token;  // kStart: wire form of a Token
+  std::vector<uint8_t> args;   // kStart: module-defined arguments
+  Duration slice =
+      Duration(0);  // run at most this long before yielding; 0 = no limit
 };
 
 // Progress a call reports; the host's abort policy is fed from it.
@@ -78,7 +80,7 @@ struct HvcpuExit {
   };
   Reason reason = Reason::kCompleted;
   uint64_t call_id = 0;
-  Status status;                // kCompleted: ok, the module's error, or kAborted
+  Status status;  // kCompleted: ok, the module's error, or kAborted
   CallProgress progress;
   std::vector<uint8_t> output;  // kCompleted + ok: module-defined result
 };

@@ -39,7 +39,8 @@ typedef int32_t cpc_status_t;
 #define CPC_E_BACKEND_UNAVAILABLE 31
 #define CPC_E_BACKEND_MISCONFIGURED 32
 
-/* Stable lower-case name of a status ("ok", "token_forged", ...). Never NULL. */
+/* Stable lower-case name of a status ("ok", "token_forged", ...). Never NULL.
+ */
 CPC_C_EXPORT const char* cpc_status_str(cpc_status_t status);
 /* The message of the last failed cpc_* call on this thread ("" if none).
  * Valid until the next cpc_* call on this thread. */
@@ -61,7 +62,7 @@ CPC_C_EXPORT size_t cpc_backend_count(void);
 /* CPC_E_NOT_FOUND past the end; CPC_E_INVALID_ARGUMENT for a NULL or short
  * struct. */
 CPC_C_EXPORT cpc_status_t cpc_backend_get_info(size_t index,
-                                           cpc_backend_info_t* out);
+                                               cpc_backend_info_t* out);
 
 /* Calls `fn` once per probe fact of backend `name`. */
 typedef void (*cpc_probe_fn)(void* user, const char* fact, uint8_t pass,

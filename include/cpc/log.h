@@ -6,11 +6,11 @@
 #ifndef CPC_LOG_H_
 #define CPC_LOG_H_
 
-#include <cpc/export.h>
-#include <cpc/version.h>
-
 #include <functional>
 #include <string_view>
+
+#include <cpc/export.h>
+#include <cpc/version.h>
 
 CPC_NAMESPACE_BEGIN
 

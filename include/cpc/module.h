@@ -18,16 +18,16 @@
 #ifndef CPC_MODULE_H_
 #define CPC_MODULE_H_
 
-#include <cpc/export.h>
-#include <cpc/status.h>
-#include <cpc/types.h>
-
 #include <cstdint>
 #include <functional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <cpc/export.h>
+#include <cpc/status.h>
+#include <cpc/types.h>
 
 CPC_NAMESPACE_BEGIN
 

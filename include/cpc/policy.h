@@ -6,15 +6,15 @@
 #ifndef CPC_POLICY_H_
 #define CPC_POLICY_H_
 
-#include <cpc/export.h>
-#include <cpc/status.h>
-#include <cpc/types.h>
-
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <cpc/export.h>
+#include <cpc/status.h>
+#include <cpc/types.h>
 
 CPC_NAMESPACE_BEGIN
 
@@ -22,9 +22,9 @@ struct ModulePolicy {
   std::string module;                   // Module::name()
   std::vector<std::string> procedures;  // allowed procedures
   Isolation isolation = Isolation::kPlain;
-  Budget per_call;                      // most one token may grant (0 = no limit)
-  uint64_t max_calls = 0;               // calls over the CVM's life (0 = no limit)
-  uint64_t total_bytes = 0;             // bytes over the CVM's life (0 = no limit)
+  Budget per_call;           // most one token may grant (0 = no limit)
+  uint64_t max_calls = 0;    // calls over the CVM's life (0 = no limit)
+  uint64_t total_bytes = 0;  // bytes over the CVM's life (0 = no limit)
 
   bool AllowsProcedure(std::string_view procedure) const;
 };

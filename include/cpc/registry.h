@@ -7,17 +7,17 @@
 #ifndef CPC_REGISTRY_H_
 #define CPC_REGISTRY_H_
 
-#include <cpc/backend.h>
-#include <cpc/export.h>
-#include <cpc/module.h>
-#include <cpc/status.h>
-
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <cpc/backend.h>
+#include <cpc/export.h>
+#include <cpc/module.h>
+#include <cpc/status.h>
 
 CPC_NAMESPACE_BEGIN
 

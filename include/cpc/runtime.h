@@ -21,14 +21,6 @@
 #ifndef CPC_RUNTIME_H_
 #define CPC_RUNTIME_H_
 
-#include <cpc/backend.h>
-#include <cpc/call.h>
-#include <cpc/export.h>
-#include <cpc/registry.h>
-#include <cpc/status.h>
-#include <cpc/token.h>
-#include <cpc/types.h>
-
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -36,8 +28,16 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <vector>
 #include <utility>
+#include <vector>
+
+#include <cpc/backend.h>
+#include <cpc/call.h>
+#include <cpc/export.h>
+#include <cpc/registry.h>
+#include <cpc/status.h>
+#include <cpc/token.h>
+#include <cpc/types.h>
 
 CPC_NAMESPACE_BEGIN
 
@@ -99,9 +99,9 @@ class CPC_EXPORT HvcpuRuntime {
   struct Machine;
   std::unique_ptr<Machine> machine_;
   std::unique_ptr<Call> call_;
-  bool entered_ = false;   // an Enter is in progress
-  bool run_ = false;       // hvCPU thread may run the current call
-  bool exited_ = false;    // hvCPU thread posted an exit
+  bool entered_ = false;  // an Enter is in progress
+  bool run_ = false;      // hvCPU thread may run the current call
+  bool exited_ = false;   // hvCPU thread posted an exit
   bool shutdown_ = false;
   uint64_t preemptions_ = 0;
   uint64_t discarded_ = 0;
@@ -155,8 +155,7 @@ using ProgressFn = std::function<void(const CallProgress&, const CallStats&)>;
 // Host side: drives `start` (Kind::kStart, its slice set) to completion.
 // Returns an error only if entering the hvCPU failed; the call's own result
 // is CallOutcome::status.
-CPC_EXPORT Result<CallOutcome> DriveCall(const EnterFn& enter,
-                                         HvcpuEntry start,
+CPC_EXPORT Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
                                          const AbortPolicy& policy,
                                          const ProgressFn& on_progress = {});
 

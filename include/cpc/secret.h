@@ -5,12 +5,12 @@
 #ifndef CPC_SECRET_H_
 #define CPC_SECRET_H_
 
-#include <cpc/export.h>
-#include <cpc/version.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <span>
+
+#include <cpc/export.h>
+#include <cpc/version.h>
 
 CPC_NAMESPACE_BEGIN
 

@@ -8,15 +8,15 @@
 #ifndef CPC_STATUS_H_
 #define CPC_STATUS_H_
 
-#include <cpc/export.h>
-#include <cpc/version.h>
-
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
+
+#include <cpc/export.h>
+#include <cpc/version.h>
 
 CPC_NAMESPACE_BEGIN
 
@@ -25,19 +25,19 @@ CPC_NAMESPACE_BEGIN
 enum class Code : int32_t {
   kOk = 0,
   // Generic.
-  kInvalidArgument = 1,    // malformed input from the caller
-  kNotFound = 2,           // named object does not exist
-  kAlreadyExists = 3,      // name or id taken
-  kFailedPrecondition = 4, // object is not in a state that allows the call
-  kPermissionDenied = 5,   // the caller is not allowed (policy, isolation)
-  kResourceExhausted = 6,  // out of memory, slots, ring space, budget
-  kUnimplemented = 7,      // the platform or backend cannot do this
-  kInternal = 8,           // a libcpc bug or broken invariant
-  kIoError = 9,            // OS call failed (errno in the subcode)
-  kCancelled = 10,         // the caller withdrew the operation
-  kAborted = 11,           // stopped by the confidential abort protocol
-  kTimeout = 12,           // a deadline passed
-  kDataLoss = 13,          // unrecoverable loss or corruption of stored data
+  kInvalidArgument = 1,     // malformed input from the caller
+  kNotFound = 2,            // named object does not exist
+  kAlreadyExists = 3,       // name or id taken
+  kFailedPrecondition = 4,  // object is not in a state that allows the call
+  kPermissionDenied = 5,    // the caller is not allowed (policy, isolation)
+  kResourceExhausted = 6,   // out of memory, slots, ring space, budget
+  kUnimplemented = 7,       // the platform or backend cannot do this
+  kInternal = 8,            // a libcpc bug or broken invariant
+  kIoError = 9,             // OS call failed (errno in the subcode)
+  kCancelled = 10,          // the caller withdrew the operation
+  kAborted = 11,            // stopped by the confidential abort protocol
+  kTimeout = 12,            // a deadline passed
+  kDataLoss = 13,           // unrecoverable loss or corruption of stored data
   // Call state machine.
   kIllegalTransition = 20,  // event not allowed in the call's current state
   kBudgetExceeded = 21,     // a running call used more than its token allows
@@ -66,6 +66,11 @@ enum class Code : int32_t {
   kEpochMismatch = 57,     // epoch token counts disagree (drop detected)
   kStaleEpoch = 58,        // record from an older epoch
   kIncomplete = 59,        // start token before all state arrived
+  // Attestation (report verification).
+  kReportBadSignature = 60,   // report signature does not verify (tampered)
+  kReportBadChain = 61,       // signing key does not chain to the trusted root
+  kMeasurementMismatch = 62,  // identity field differs (subcode = offset)
+  kReportDataMismatch = 63,   // report_data differs (freshness / key binding)
 };
 
 // Stable lower-case name of a code, e.g. "token_forged".
@@ -107,7 +112,7 @@ class [[nodiscard, gnu::visibility("default")]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT
     if (std::get<Status>(v_).ok())
       v_ = Status(Code::kInternal, "Result constructed from an OK status");
@@ -145,9 +150,9 @@ void Result<T>::AbortOnBadAccess(const Status& s) {
 CPC_NAMESPACE_END
 
 // Propagate a non-OK Status / Result to the caller.
-#define CPC_RETURN_IF_ERROR(expr)                \
-  do {                                           \
-    ::cpc::Status cpc_status_tmp_ = (expr);      \
+#define CPC_RETURN_IF_ERROR(expr)                      \
+  do {                                                 \
+    ::cpc::Status cpc_status_tmp_ = (expr);            \
     if (!cpc_status_tmp_.ok()) return cpc_status_tmp_; \
   } while (0)
 

@@ -21,12 +21,6 @@
 #ifndef CPC_TOKEN_H_
 #define CPC_TOKEN_H_
 
-#include <cpc/export.h>
-#include <cpc/policy.h>
-#include <cpc/secret.h>
-#include <cpc/status.h>
-#include <cpc/types.h>
-
 #include <array>
 #include <cstdint>
 #include <map>
@@ -35,6 +29,12 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <cpc/export.h>
+#include <cpc/policy.h>
+#include <cpc/secret.h>
+#include <cpc/status.h>
+#include <cpc/types.h>
 
 CPC_NAMESPACE_BEGIN
 

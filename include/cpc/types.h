@@ -2,14 +2,14 @@
 #ifndef CPC_TYPES_H_
 #define CPC_TYPES_H_
 
-#include <cpc/version.h>
-
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <cpc/version.h>
 
 CPC_NAMESPACE_BEGIN
 
@@ -31,8 +31,8 @@ enum class Isolation : uint8_t { kPlain = 0, kSecure = 1 };
 
 // What one call may consume. Zero means "not limited by this dimension".
 struct Budget {
-  uint64_t bytes = 0;     // bytes of guest memory/state the call may process
-  uint64_t time_ms = 0;   // wall time the call may take in total
+  uint64_t bytes = 0;    // bytes of guest memory/state the call may process
+  uint64_t time_ms = 0;  // wall time the call may take in total
 
   friend bool operator==(const Budget&, const Budget&) = default;
 };

@@ -34,6 +34,11 @@ Result<std::vector<Gpa>> BackendWrapper::ReadDirtyLog(CvmHandle cvm,
   return target_->ReadDirtyLog(cvm, rearm);
 }
 
+Result<std::vector<uint8_t>> BackendWrapper::RequestToken(
+    CvmHandle cvm, const TokenRequest& request) {
+  return target_->RequestToken(cvm, request);
+}
+
 uint64_t GuestPlatformWrapper::memory_bytes() const {
   return target_->memory_bytes();
 }

@@ -17,7 +17,8 @@ CPC_NAMESPACE_BEGIN
 
 template <typename T>
 inline void StoreLe(uint8_t* p, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+  for (size_t i = 0; i < sizeof(T); ++i)
+    p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
 template <typename T>
 inline T LoadLe(const uint8_t* p) {
@@ -35,7 +36,9 @@ class ByteWriter {
     out_->resize(at + sizeof(T));
     StoreLe<T>(out_->data() + at, v);
   }
-  void Bytes(std::span<const uint8_t> b) { out_->insert(out_->end(), b.begin(), b.end()); }
+  void Bytes(std::span<const uint8_t> b) {
+    out_->insert(out_->end(), b.begin(), b.end());
+  }
   // u16 length + bytes.
   void String(std::string_view s) {
     Int<uint16_t>(static_cast<uint16_t>(s.size()));
@@ -45,7 +48,8 @@ class ByteWriter {
   void Fixed(std::string_view s, size_t width) {
     size_t at = out_->size();
     out_->resize(at + width, 0);
-    std::memcpy(out_->data() + at, s.data(), s.size() < width ? s.size() : width);
+    std::memcpy(out_->data() + at, s.data(),
+                s.size() < width ? s.size() : width);
   }
 
  private:
@@ -86,6 +90,10 @@ class ByteReader {
   }
   bool ok() const { return ok_; }
   bool done() const { return ok_ && pos_ == in_.size(); }
+  // What has not been read yet.
+  std::span<const uint8_t> rest() const {
+    return ok_ ? in_.subspan(pos_) : std::span<const uint8_t>();
+  }
 
  private:
   bool Need(size_t n) {

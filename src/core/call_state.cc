@@ -6,27 +6,42 @@ CPC_NAMESPACE_BEGIN
 
 std::string_view CallStateName(CallState s) {
   switch (s) {
-    case CallState::kIdle: return "idle";
-    case CallState::kTokenValidation: return "token_validation";
-    case CallState::kCoreTasks: return "core_tasks";
-    case CallState::kSuspended: return "suspended";
-    case CallState::kYieldTermination: return "yield_termination";
-    case CallState::kStateReset: return "state_reset";
+    case CallState::kIdle:
+      return "idle";
+    case CallState::kTokenValidation:
+      return "token_validation";
+    case CallState::kCoreTasks:
+      return "core_tasks";
+    case CallState::kSuspended:
+      return "suspended";
+    case CallState::kYieldTermination:
+      return "yield_termination";
+    case CallState::kStateReset:
+      return "state_reset";
   }
   return "invalid_state";
 }
 
 std::string_view CallEventName(CallEvent e) {
   switch (e) {
-    case CallEvent::kStart: return "start";
-    case CallEvent::kTokenAccepted: return "token_accepted";
-    case CallEvent::kTokenRejected: return "token_rejected";
-    case CallEvent::kYield: return "yield";
-    case CallEvent::kResume: return "resume";
-    case CallEvent::kTaskFinished: return "task_finished";
-    case CallEvent::kAbort: return "abort";
-    case CallEvent::kResultCollected: return "result_collected";
-    case CallEvent::kResetDone: return "reset_done";
+    case CallEvent::kStart:
+      return "start";
+    case CallEvent::kTokenAccepted:
+      return "token_accepted";
+    case CallEvent::kTokenRejected:
+      return "token_rejected";
+    case CallEvent::kYield:
+      return "yield";
+    case CallEvent::kResume:
+      return "resume";
+    case CallEvent::kTaskFinished:
+      return "task_finished";
+    case CallEvent::kAbort:
+      return "abort";
+    case CallEvent::kResultCollected:
+      return "result_collected";
+    case CallEvent::kResetDone:
+      return "reset_done";
   }
   return "invalid_event";
 }

@@ -1,13 +1,12 @@
-#include <linux/futex.h>
-#include <pthread.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
 #include <csignal>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
@@ -41,8 +40,8 @@ static_assert(sizeof(std::atomic<int>) == sizeof(int) &&
               std::atomic<int>::is_always_lock_free);
 
 void FutexWait(std::atomic<int>* word, int expected) {
-  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE,
-          expected, nullptr, nullptr, 0);
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE, expected,
+          nullptr, nullptr, 0);
 }
 void FutexWake(std::atomic<int>* word) {
   syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAKE_PRIVATE, INT_MAX,
@@ -114,13 +113,15 @@ struct HvcpuRuntime::Call {
   std::vector<std::function<void()>> rollbacks;
   std::vector<uint8_t> output;
   Status result;
-  bool picked = false;    // the hvCPU thread started Run
-  bool abort = false;     // host aborted the call
-  bool finished = false;  // Run returned and commit/rollback ran
-  bool preempted = false; // the hvCPU thread is parked mid-task
+  bool picked = false;       // the hvCPU thread started Run
+  bool abort = false;        // host aborted the call
+  bool finished = false;     // Run returned and commit/rollback ran
+  bool preempted = false;    // the hvCPU thread is parked mid-task
   bool terminating = false;  // Run returned; commit/rollback running
 
-  CallProgress progress() const { return {bytes_done.load(), bytes_total.load()}; }
+  CallProgress progress() const {
+    return {bytes_done.load(), bytes_total.load()};
+  }
 };
 
 class HvcpuRuntime::Context final : public CallContext {
@@ -130,9 +131,7 @@ class HvcpuRuntime::Context final : public CallContext {
 
   uint64_t call_id() const override { return call_->token.serial; }
   std::string_view module() const override { return call_->token.module; }
-  std::string_view procedure() const override {
-    return call_->token.procedure;
-  }
+  std::string_view procedure() const override { return call_->token.procedure; }
   std::span<const uint8_t> args() const override { return call_->args; }
   const Budget& budget() const override { return call_->token.budget; }
   uint32_t hvcpu() const override { return rt_->index_; }
@@ -163,8 +162,8 @@ class HvcpuRuntime::Context final : public CallContext {
     auto now = Clock::now();
     if (now >= call_->budget_end)
       return Status(Code::kBudgetExceeded,
-                    fmt::format("call {} ran past its token's {} ms",
-                                call_id(), call_->token.budget.time_ms));
+                    fmt::format("call {} ran past its token's {} ms", call_id(),
+                                call_->token.budget.time_ms));
     if (now < call_->slice_end.load(std::memory_order_relaxed))
       return Status::Ok();
     std::unique_lock<std::mutex> lock(rt_->mu_);
@@ -291,7 +290,8 @@ void HvcpuRuntime::ThreadMain(Vcpu* vcpu) {
     if (result.ok()) {
       for (auto& f : call->commits) f();
     } else {
-      for (auto it = call->rollbacks.rbegin(); it != call->rollbacks.rend(); ++it)
+      for (auto it = call->rollbacks.rbegin(); it != call->rollbacks.rend();
+           ++it)
         (*it)();
       Wipe(call->output);
     }
@@ -334,9 +334,8 @@ Result<HvcpuExit> HvcpuRuntime::Enter(const HvcpuEntry& entry) {
     return Status(Code::kIllegalTransition,
                   fmt::format("cannot {} call {}: hvCPU {} is '{}'; a reset "
                               "call can never be resumed",
-                              entry.kind == HvcpuEntry::Kind::kResume
-                                  ? "resume"
-                                  : "abort",
+                              entry.kind == HvcpuEntry::Kind::kResume ? "resume"
+                                                                      : "abort",
                               entry.call_id, index_, CallStateName(st)));
   }
   if (entry.kind == HvcpuEntry::Kind::kAbort) return AbortCall(lock);
@@ -420,8 +419,8 @@ Result<HvcpuExit> HvcpuRuntime::Start(std::unique_lock<std::mutex>& lock,
                          fmt::format("module '{}' needs a Secure-CPC hvCPU; "
                                      "hvCPU {} is not isolated",
                                      entry.module, index_)));
-  auto token = services_.authority->Validate(entry.token, entry.module,
-                                             entry.procedure);
+  auto token =
+      services_.authority->Validate(entry.token, entry.module, entry.procedure);
   if (!token.ok()) return reject(token.status());
 
   machine_->Must(CallEvent::kTokenAccepted);  // Core Tasks
@@ -443,11 +442,10 @@ Result<HvcpuExit> HvcpuRuntime::Start(std::unique_lock<std::mutex>& lock,
 Result<HvcpuExit> HvcpuRuntime::RunUntilExit(
     std::unique_lock<std::mutex>& lock) {
   const auto slice_end = call_->slice_end.load();
-  const bool exited =
-      slice_end == kNever
-          ? (cv_.wait(lock, [this] { return exited_; }), true)
-          : cv_.wait_until(lock, slice_end + kPreemptGrace,
-                           [this] { return exited_; });
+  const bool exited = slice_end == kNever
+                          ? (cv_.wait(lock, [this] { return exited_; }), true)
+                          : cv_.wait_until(lock, slice_end + kPreemptGrace,
+                                           [this] { return exited_; });
   if (!exited) {
     // The slice timer fires: VMEXIT whether the module likes it or not.
     Park();
@@ -497,10 +495,9 @@ HvcpuExit HvcpuRuntime::FinishAndReset(std::unique_lock<std::mutex>& lock,
 
 Duration AbortPolicy::TimeLimit(uint64_t work_bytes) const {
   if (min_rate_bytes_per_s <= 0) return Duration::max();
-  return base_time + std::chrono::duration_cast<Duration>(
-                         std::chrono::duration<double>(
-                             static_cast<double>(work_bytes) /
-                             min_rate_bytes_per_s));
+  return base_time +
+         std::chrono::duration_cast<Duration>(std::chrono::duration<double>(
+             static_cast<double>(work_bytes) / min_rate_bytes_per_s));
 }
 
 AbortMonitor::AbortMonitor(const AbortPolicy& policy, Clock::time_point start)
@@ -532,11 +529,11 @@ Status AbortMonitor::Observe(const CallProgress& progress,
   const double rate =
       secs > 0 ? static_cast<double>(progress.bytes_done - b0) / secs : 0;
   if (rate < policy_.throughput_floor_bytes_per_s)
-    return Status(Code::kAborted,
-                  fmt::format("throughput {:.0f} B/s over the last {:.0f} ms "
-                              "is under the floor of {:.0f} B/s",
-                              rate, secs * 1e3,
-                              policy_.throughput_floor_bytes_per_s));
+    return Status(
+        Code::kAborted,
+        fmt::format("throughput {:.0f} B/s over the last {:.0f} ms "
+                    "is under the floor of {:.0f} B/s",
+                    rate, secs * 1e3, policy_.throughput_floor_bytes_per_s));
   return Status::Ok();
 }
 
@@ -551,7 +548,8 @@ Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
   auto update = [&](const HvcpuExit& exit) {
     out.stats.bytes = exit.progress.bytes_done;
     out.stats.elapsed = Clock::now() - t0;
-    const double secs = std::chrono::duration<double>(out.stats.elapsed).count();
+    const double secs =
+        std::chrono::duration<double>(out.stats.elapsed).count();
     out.stats.rate_bytes_per_s = secs > 0 ? out.stats.bytes / secs : 0;
     if (on_progress) on_progress(exit.progress, out.stats);
   };
@@ -568,8 +566,8 @@ Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
     update(exit);
     verdict = monitor.Observe(exit.progress, Clock::now());
     HvcpuEntry next;
-    next.kind = verdict.ok() ? HvcpuEntry::Kind::kResume
-                             : HvcpuEntry::Kind::kAbort;
+    next.kind =
+        verdict.ok() ? HvcpuEntry::Kind::kResume : HvcpuEntry::Kind::kAbort;
     next.call_id = exit.call_id;
     next.slice = start.slice;
     ++out.stats.entries;

@@ -34,7 +34,8 @@ Status TenantPolicy::Validate() const {
                     fmt::format("{} name '{}' must be 1..{} bytes", what, n,
                                 kMaxNameLength));
     if (n.find('\0') != std::string_view::npos)
-      return Status(Code::kInvalidArgument, fmt::format("{} name has NUL", what));
+      return Status(Code::kInvalidArgument,
+                    fmt::format("{} name has NUL", what));
     return Status::Ok();
   };
   for (const auto& m : modules) {
@@ -92,11 +93,13 @@ Result<TenantPolicy> TenantPolicy::Parse(std::span<const uint8_t> bytes) {
     m.max_calls = r.Int<uint64_t>();
     m.total_bytes = r.Int<uint64_t>();
     uint16_t np = r.Int<uint16_t>();
-    for (uint16_t j = 0; j < np && r.ok(); ++j) m.procedures.push_back(r.String());
+    for (uint16_t j = 0; j < np && r.ok(); ++j)
+      m.procedures.push_back(r.String());
     policy.modules.push_back(std::move(m));
   }
   if (!r.done())
-    return Status(Code::kInvalidArgument, "tenant policy truncated or has trailing bytes");
+    return Status(Code::kInvalidArgument,
+                  "tenant policy truncated or has trailing bytes");
   CPC_RETURN_IF_ERROR(policy.Validate());
   return policy;
 }

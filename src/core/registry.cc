@@ -43,10 +43,14 @@ std::vector<std::string> ModuleRegistry::Names() const {
 
 std::string_view OperatorKindName(OperatorKind kind) {
   switch (kind) {
-    case OperatorKind::kMee: return "MEE";
-    case OperatorKind::kSee: return "SEE";
-    case OperatorKind::kMdi: return "MDI";
-    case OperatorKind::kSdi: return "SDI";
+    case OperatorKind::kMee:
+      return "MEE";
+    case OperatorKind::kSee:
+      return "SEE";
+    case OperatorKind::kMdi:
+      return "MDI";
+    case OperatorKind::kSdi:
+      return "SDI";
   }
   return "?";
 }
@@ -57,8 +61,9 @@ Status OperatorRegistry::Register(std::shared_ptr<Operator> op) {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& o : ops_)
     if (o->name() == op->name())
-      return Status(Code::kAlreadyExists,
-                    fmt::format("operator '{}' already registered", op->name()));
+      return Status(
+          Code::kAlreadyExists,
+          fmt::format("operator '{}' already registered", op->name()));
   ops_.push_back(std::move(op));
   return Status::Ok();
 }
@@ -68,8 +73,8 @@ Result<std::shared_ptr<Operator>> OperatorRegistry::Find(
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& o : ops_)
     if (o->kind() == kind) return o;
-  return Status(Code::kNotFound,
-                fmt::format("no {} operator registered", OperatorKindName(kind)));
+  return Status(Code::kNotFound, fmt::format("no {} operator registered",
+                                             OperatorKindName(kind)));
 }
 
 Result<std::shared_ptr<Operator>> OperatorRegistry::Find(
@@ -146,18 +151,22 @@ Result<std::unique_ptr<Backend>> BackendRegistry::Create(
   if (!backend.ok()) {
     const Status& s = backend.status();
     if (s.code() == Code::kBackendMisconfigured) return s;
-    return Status(Code::kBackendMisconfigured,
-                  fmt::format("backend '{}': {}", factory->name(), s.ToString()),
-                  s.subcode());
+    return Status(
+        Code::kBackendMisconfigured,
+        fmt::format("backend '{}': {}", factory->name(), s.ToString()),
+        s.subcode());
   }
   return backend;
 }
 
+// Defined by the backends layer (src/backends/builtin.cc) so the core does
+// not depend on any platform's headers.
+void RegisterBuiltinBackends(BackendRegistry& registry);
+
 BackendRegistry& BackendRegistry::Builtin() {
   static BackendRegistry* registry = [] {
     auto* r = new BackendRegistry();
-    // Platform backends register here as they are built (see
-    // RegisterBuiltinBackends in the backends' sources).
+    RegisterBuiltinBackends(*r);
     return r;
   }();
   return *registry;

@@ -65,8 +65,7 @@ SecretBytes SecretBytes::Random(size_t size) {
   return s;
 }
 
-bool ConstantTimeEqual(std::span<const uint8_t> a,
-                       std::span<const uint8_t> b) {
+bool ConstantTimeEqual(std::span<const uint8_t> a, std::span<const uint8_t> b) {
   if (a.size() != b.size()) return false;
   if (a.empty()) return true;
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;

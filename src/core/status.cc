@@ -50,6 +50,10 @@ std::string_view CodeName(Code code) {
     CPC_CODE_NAME(kEpochMismatch, "epoch_mismatch")
     CPC_CODE_NAME(kStaleEpoch, "stale_epoch")
     CPC_CODE_NAME(kIncomplete, "incomplete")
+    CPC_CODE_NAME(kReportBadSignature, "report_bad_signature")
+    CPC_CODE_NAME(kReportBadChain, "report_bad_chain")
+    CPC_CODE_NAME(kMeasurementMismatch, "measurement_mismatch")
+    CPC_CODE_NAME(kReportDataMismatch, "report_data_mismatch")
 #undef CPC_CODE_NAME
   }
   return "unknown_code";

@@ -41,9 +41,9 @@ std::vector<uint8_t> Token::Encode() const {
 
 Result<Token> Token::Decode(std::span<const uint8_t> wire) {
   if (wire.size() != kWireSize)
-    return Status(Code::kTokenMalformed,
-                  fmt::format("token is {} bytes, expected {}", wire.size(),
-                              kWireSize));
+    return Status(
+        Code::kTokenMalformed,
+        fmt::format("token is {} bytes, expected {}", wire.size(), kWireSize));
   ByteReader r(wire);
   auto magic = r.Bytes(4);
   uint16_t version = r.Int<uint16_t>();
@@ -93,9 +93,9 @@ Result<std::vector<uint8_t>> TokenAuthority::Mint(const TokenRequest& req) {
     return Status(Code::kNotFound,
                   fmt::format("tenant policy has no module '{}'", req.module));
   if (!mp->AllowsProcedure(req.procedure))
-    return Status(Code::kPermissionDenied,
-                  fmt::format("policy does not allow {}.{}", req.module,
-                              req.procedure));
+    return Status(
+        Code::kPermissionDenied,
+        fmt::format("policy does not allow {}.{}", req.module, req.procedure));
   if (Exceeds(req.budget.bytes, mp->per_call.bytes) ||
       Exceeds(req.budget.time_ms, mp->per_call.time_ms))
     return Status(Code::kTokenOverBudget,
@@ -105,9 +105,8 @@ Result<std::vector<uint8_t>> TokenAuthority::Mint(const TokenRequest& req) {
                               req.budget.time_ms, mp->per_call.bytes,
                               mp->per_call.time_ms));
   if (agent_ == nullptr || !agent_->Approve(req))
-    return Status(Code::kNotApproved,
-                  fmt::format("guest agent refused {}.{}", req.module,
-                              req.procedure));
+    return Status(Code::kNotApproved, fmt::format("guest agent refused {}.{}",
+                                                  req.module, req.procedure));
   Token t;
   t.cvm_id = cvm_id_;
   t.module = req.module;
@@ -154,8 +153,9 @@ Result<Token> TokenAuthority::Validate(std::span<const uint8_t> wire,
                   fmt::format("token {} was already used", t.serial));
   }
   if (it->second == SerialState::kActive)
-    return Status(Code::kTokenReused,
-                  fmt::format("token {} is in use by a running call", t.serial));
+    return Status(
+        Code::kTokenReused,
+        fmt::format("token {} is in use by a running call", t.serial));
   Ledger& ledger = ledgers_[t.module];
   if (mp->max_calls != 0 && ledger.calls_started >= mp->max_calls)
     return Status(Code::kTokenOverBudget,
@@ -165,12 +165,13 @@ Result<Token> TokenAuthority::Validate(std::span<const uint8_t> wire,
     uint64_t committed = ledger.bytes_used + ledger.bytes_reserved;
     if (t.budget.bytes == 0 || committed > mp->total_bytes ||
         t.budget.bytes > mp->total_bytes - committed)
-      return Status(Code::kTokenOverBudget,
-                    fmt::format("module '{}' has {} of {} bytes left; token "
-                                "asks {}",
-                                t.module,
-                                mp->total_bytes - std::min(committed, mp->total_bytes),
-                                mp->total_bytes, t.budget.bytes));
+      return Status(
+          Code::kTokenOverBudget,
+          fmt::format("module '{}' has {} of {} bytes left; token "
+                      "asks {}",
+                      t.module,
+                      mp->total_bytes - std::min(committed, mp->total_bytes),
+                      mp->total_bytes, t.budget.bytes));
   }
   it->second = SerialState::kActive;
   ++ledger.calls_started;

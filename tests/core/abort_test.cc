@@ -72,11 +72,11 @@ TEST_CASE("DriveCall aborts a slow call: ABORTED, nothing half-applied") {
   policy.base_time = 20ms;
   policy.min_rate_bytes_per_s = 10e6;  // expects 200 KiB in 20 + 20 ms
   int progress_calls = 0;
-  auto out = cpc::DriveCall([&](const cpc::HvcpuEntry& x) { return hv.Enter(x); },
-                            e, policy,
-                            [&](const cpc::CallProgress&, const cpc::CallStats&) {
-                              ++progress_calls;
-                            });
+  auto out = cpc::DriveCall(
+      [&](const cpc::HvcpuEntry& x) { return hv.Enter(x); }, e, policy,
+      [&](const cpc::CallProgress&, const cpc::CallStats&) {
+        ++progress_calls;
+      });
   REQUIRE_OK(out);
   REQUIRE_CODE(out->status, Code::kAborted);
   REQUIRE(out->status.message().find("abort protocol") != std::string::npos);

@@ -106,9 +106,7 @@ class HogModule : public cpc::Module {
   explicit HogModule(std::atomic<int>* target) : target_(target) {}
   std::string_view name() const override { return "work"; }
   std::vector<std::string> procedures() const override { return {"run"}; }
-  cpc::Isolation isolation() const override {
-    return cpc::Isolation::kPlain;
-  }
+  cpc::Isolation isolation() const override { return cpc::Isolation::kPlain; }
   cpc::Status Run(cpc::CallContext& ctx) override {
     ctx.SetWorkSize(1 << 20);
     ctx.OnCommit([this] { *target_ += 1000; });
@@ -118,7 +116,8 @@ class HogModule : public cpc::Module {
     }
     // With an argument it spins but honours MaybeYield (checks it rarely).
     for (;;) {
-      for (int i = 0; i < 1000; ++i) spins.fetch_add(1, std::memory_order_relaxed);
+      for (int i = 0; i < 1000; ++i)
+        spins.fetch_add(1, std::memory_order_relaxed);
       CPC_RETURN_IF_ERROR(ctx.MaybeYield());
     }
   }

@@ -86,7 +86,8 @@ TEST_CASE("A hogging hvCPU is preempted and does not run unless scheduled") {
   exit = hv.Enter(cvm.Start(5ms, {1}));
   REQUIRE_OK(exit);
   REQUIRE(exit->reason != HvcpuExit::Reason::kCompleted);
-  exit = hv.Enter({HvcpuEntry::Kind::kAbort, exit->call_id, {}, {}, {}, {}, 0ns});
+  exit =
+      hv.Enter({HvcpuEntry::Kind::kAbort, exit->call_id, {}, {}, {}, {}, 0ns});
   REQUIRE_OK(exit);
   REQUIRE_CODE(exit->status, Code::kAborted);
   REQUIRE(hv.discarded_contexts() == 1);  // it unwound by itself

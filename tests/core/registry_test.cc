@@ -36,6 +36,10 @@ class NamedBackend : public cpc::Backend {
                                                   bool) override {
     return std::vector<cpc::Gpa>{0x1000, 0x3000};
   }
+  cpc::Result<std::vector<uint8_t>> RequestToken(
+      cpc::CvmHandle, const cpc::TokenRequest&) override {
+    return cpc::Status(Code::kNotApproved, "no agent");
+  }
 
  private:
   std::string n_;
@@ -73,7 +77,8 @@ class FailingDirtyLog : public cpc::BackendWrapper {
 };
 }  // namespace
 
-TEST_CASE("Backend selection distinguishes unknown, unavailable, misconfigured") {
+TEST_CASE(
+    "Backend selection distinguishes unknown, unavailable, misconfigured") {
   cpc::BackendRegistry reg;
   REQUIRE_OK(reg.Register(std::make_unique<FakeFactory>("alpha", false)));
   REQUIRE_OK(reg.Register(std::make_unique<FakeFactory>("beta", true)));
@@ -117,7 +122,8 @@ TEST_CASE("BackendWrapper forwards everything and lets one method fail") {
   REQUIRE_OK(faulty.PauseGuest(1));
 }
 
-TEST_CASE("Module and operator registries refuse duplicates and unknown names") {
+TEST_CASE(
+    "Module and operator registries refuse duplicates and unknown names") {
   cpc::ModuleRegistry modules;
   std::atomic<int> sink{0};
   REQUIRE_OK(modules.Register(std::make_unique<cpc_test::CountingModule>(
@@ -141,10 +147,13 @@ TEST_CASE("Module and operator registries refuse duplicates and unknown names") 
   };
   cpc::OperatorRegistry ops;
   REQUIRE_CODE(ops.Find(cpc::OperatorKind::kMee), Code::kNotFound);
-  REQUIRE_OK(ops.Register(std::make_shared<Op>(cpc::OperatorKind::kMee, "mee-a")));
-  REQUIRE_OK(ops.Register(std::make_shared<Op>(cpc::OperatorKind::kMee, "mee-b")));
-  REQUIRE_CODE(ops.Register(std::make_shared<Op>(cpc::OperatorKind::kSee, "mee-a")),
-               Code::kAlreadyExists);
+  REQUIRE_OK(
+      ops.Register(std::make_shared<Op>(cpc::OperatorKind::kMee, "mee-a")));
+  REQUIRE_OK(
+      ops.Register(std::make_shared<Op>(cpc::OperatorKind::kMee, "mee-b")));
+  REQUIRE_CODE(
+      ops.Register(std::make_shared<Op>(cpc::OperatorKind::kSee, "mee-a")),
+      Code::kAlreadyExists);
   REQUIRE((*ops.Find(cpc::OperatorKind::kMee))->name() == "mee-a");
   REQUIRE((*ops.Find("mee-b"))->kind() == cpc::OperatorKind::kMee);
   REQUIRE_CODE(ops.Find(cpc::OperatorKind::kSdi), Code::kNotFound);

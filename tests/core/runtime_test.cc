@@ -63,7 +63,9 @@ HvcpuEntry Next(HvcpuEntry::Kind kind, uint64_t id, cpc::Duration slice = 0ns) {
 }
 }  // namespace
 
-TEST_CASE("A call runs Token Validation -> Core Tasks -> Yield Termination -> Reset") {
+TEST_CASE(
+    "A call runs Token Validation -> Core Tasks -> Yield Termination -> "
+    "Reset") {
   Cvm cvm;
   auto exit = cvm.hv0.Enter(cvm.Start("work", "run", {4, 1}));
   REQUIRE_OK(exit);
@@ -75,7 +77,8 @@ TEST_CASE("A call runs Token Validation -> Core Tasks -> Yield Termination -> Re
   REQUIRE(cvm.hv0.state() == cpc::CallState::kIdle);
 }
 
-TEST_CASE("A yielding call is resumed without a new token; a reset call never") {
+TEST_CASE(
+    "A yielding call is resumed without a new token; a reset call never") {
   Cvm cvm;
   // Zero-length slices: the module yields after every unit.
   auto start = cvm.Start("work", "run", {3, 1}, 1 << 20, 1ns);
@@ -158,7 +161,8 @@ TEST_CASE("Token and isolation failures end the call before any work") {
   REQUIRE(cvm.committed == 1);
 }
 
-TEST_CASE("A call that outgrows its token's budget fails with nothing applied") {
+TEST_CASE(
+    "A call that outgrows its token's budget fails with nothing applied") {
   Cvm cvm;
   // 8 units of 1 KiB against a 4 KiB token.
   auto exit = cvm.hv0.Enter(cvm.Start("work", "run", {8, 1}, 4096));
@@ -182,8 +186,8 @@ TEST_CASE("A call that outgrows its token's budget fails with nothing applied") 
 
 TEST_CASE("Calls run on several hvCPUs at once") {
   Cvm cvm;
-  cpc::HvcpuRuntime hv2{2, cpc::Isolation::kPlain,
-                        {&cvm.auth, &cvm.modules, nullptr}};
+  cpc::HvcpuRuntime hv2{
+      2, cpc::Isolation::kPlain, {&cvm.auth, &cvm.modules, nullptr}};
   auto e0 = cvm.Start("work", "run", {50, 1}, 1 << 20, 1ns);
   auto e2 = cvm.Start("work", "audit", {50, 1}, 1 << 20, 1ns);
   auto drive = [](cpc::HvcpuRuntime& hv, HvcpuEntry e, cpc::Status* out) {
@@ -204,8 +208,8 @@ TEST_CASE("Calls run on several hvCPUs at once") {
 TEST_CASE("Destroying a runtime with a suspended call rolls it back") {
   Cvm cvm;
   {
-    cpc::HvcpuRuntime hv{9, cpc::Isolation::kPlain,
-                         {&cvm.auth, &cvm.modules, nullptr}};
+    cpc::HvcpuRuntime hv{
+        9, cpc::Isolation::kPlain, {&cvm.auth, &cvm.modules, nullptr}};
     auto exit = hv.Enter(cvm.Start("work", "run", {5, 1}, 1 << 20, 1ns));
     REQUIRE_OK(exit);
     REQUIRE(exit->reason == HvcpuExit::Reason::kYielded);

@@ -11,28 +11,32 @@ using cpc::CallState;
 using cpc::CallStateMachine;
 
 namespace {
-constexpr CallState kStates[] = {
-    CallState::kIdle,      CallState::kTokenValidation,
-    CallState::kCoreTasks, CallState::kSuspended,
-    CallState::kYieldTermination, CallState::kStateReset};
+constexpr CallState kStates[] = {CallState::kIdle,
+                                 CallState::kTokenValidation,
+                                 CallState::kCoreTasks,
+                                 CallState::kSuspended,
+                                 CallState::kYieldTermination,
+                                 CallState::kStateReset};
 constexpr CallEvent kEvents[] = {
-    CallEvent::kStart,         CallEvent::kTokenAccepted,
-    CallEvent::kTokenRejected, CallEvent::kYield,
-    CallEvent::kResume,        CallEvent::kTaskFinished,
-    CallEvent::kAbort,         CallEvent::kResultCollected,
-    CallEvent::kResetDone};
+    CallEvent::kStart, CallEvent::kTokenAccepted,   CallEvent::kTokenRejected,
+    CallEvent::kYield, CallEvent::kResume,          CallEvent::kTaskFinished,
+    CallEvent::kAbort, CallEvent::kResultCollected, CallEvent::kResetDone};
 
 // The paper's machine plus the Suspended state for yielding long calls.
 const std::map<std::pair<CallState, CallEvent>, CallState> kLegal = {
     {{CallState::kIdle, CallEvent::kStart}, CallState::kTokenValidation},
-    {{CallState::kTokenValidation, CallEvent::kTokenAccepted}, CallState::kCoreTasks},
-    {{CallState::kTokenValidation, CallEvent::kTokenRejected}, CallState::kYieldTermination},
+    {{CallState::kTokenValidation, CallEvent::kTokenAccepted},
+     CallState::kCoreTasks},
+    {{CallState::kTokenValidation, CallEvent::kTokenRejected},
+     CallState::kYieldTermination},
     {{CallState::kCoreTasks, CallEvent::kYield}, CallState::kSuspended},
-    {{CallState::kCoreTasks, CallEvent::kTaskFinished}, CallState::kYieldTermination},
+    {{CallState::kCoreTasks, CallEvent::kTaskFinished},
+     CallState::kYieldTermination},
     {{CallState::kCoreTasks, CallEvent::kAbort}, CallState::kYieldTermination},
     {{CallState::kSuspended, CallEvent::kResume}, CallState::kCoreTasks},
     {{CallState::kSuspended, CallEvent::kAbort}, CallState::kYieldTermination},
-    {{CallState::kYieldTermination, CallEvent::kResultCollected}, CallState::kStateReset},
+    {{CallState::kYieldTermination, CallEvent::kResultCollected},
+     CallState::kStateReset},
     {{CallState::kStateReset, CallEvent::kResetDone}, CallState::kIdle},
 };
 
@@ -57,7 +61,8 @@ CallStateMachine Reach(CallState target) {
 }
 }  // namespace
 
-TEST_CASE("Every (state, event) pair is legal exactly as the paper's machine says") {
+TEST_CASE(
+    "Every (state, event) pair is legal exactly as the paper's machine says") {
   int legal = 0, illegal = 0;
   for (CallState s : kStates) {
     for (CallEvent e : kEvents) {
@@ -86,10 +91,10 @@ TEST_CASE("Every (state, event) pair is legal exactly as the paper's machine say
 TEST_CASE("A full call cycle returns to Idle and can run again") {
   CallStateMachine m;
   for (int round = 0; round < 2; ++round) {
-    for (CallEvent e : {CallEvent::kStart, CallEvent::kTokenAccepted,
-                        CallEvent::kYield, CallEvent::kResume,
-                        CallEvent::kTaskFinished, CallEvent::kResultCollected,
-                        CallEvent::kResetDone})
+    for (CallEvent e :
+         {CallEvent::kStart, CallEvent::kTokenAccepted, CallEvent::kYield,
+          CallEvent::kResume, CallEvent::kTaskFinished,
+          CallEvent::kResultCollected, CallEvent::kResetDone})
       REQUIRE_OK(m.Apply(e));
     REQUIRE(m.state() == CallState::kIdle);
   }

@@ -147,7 +147,8 @@ TEST_CASE("Lifetime allowances: bytes and calls run out, over-budget refused") {
   }
   REQUIRE_OK(f.auth.Validate(lt[0], "limited", "run"));
   REQUIRE_OK(f.auth.Validate(lt[1], "limited", "run"));
-  REQUIRE_CODE(f.auth.Validate(lt[2], "limited", "run"), Code::kTokenOverBudget);
+  REQUIRE_CODE(f.auth.Validate(lt[2], "limited", "run"),
+               Code::kTokenOverBudget);
 }
 
 TEST_CASE("Token encoding round-trips and rejects trailing garbage in names") {
@@ -178,8 +179,9 @@ TEST_CASE("Tenant policy serialises canonically and rejects bad encodings") {
   auto longer = bytes;
   longer.push_back(0);
   REQUIRE_CODE(cpc::TenantPolicy::Parse(longer), Code::kInvalidArgument);
-  REQUIRE_CODE(cpc::TenantPolicy::Parse(std::span(bytes).first(bytes.size() - 1)),
-               Code::kInvalidArgument);
+  REQUIRE_CODE(
+      cpc::TenantPolicy::Parse(std::span(bytes).first(bytes.size() - 1)),
+      Code::kInvalidArgument);
   p.modules.push_back(p.modules[0]);
   REQUIRE_CODE(p.Validate(), Code::kInvalidArgument);
   REQUIRE_CODE(cpc::TenantPolicy::Parse(p.Serialize()), Code::kInvalidArgument);

@@ -1,0 +1,485 @@
+// cpc-bench: libcpc's benchmarks. One JSON object per line on stdout:
+//   {"name", "value", "unit", "baseline", "baseline_value", "ratio", ...}
+// where ratio = value / baseline_value and the baseline ran in the same
+// process, interleaved repetition by repetition with the measured code (so
+// drift hits both alike). Diagnostics go to stderr.
+//
+//   cpc-bench [--list] [--mib N] [--reps N] [--cpu N] [--engine NAME]
+//             [--pages-per-record N] [FILTER...]
+//
+// A benchmark runs if its name contains any FILTER (all if none). New
+// benchmarks (snapshot, migration, ...) are one more row in kBenchmarks.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <pthread.h>
+#include <sched.h>
+#include <string>
+#include <string_view>
+#include <sys/mman.h>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <cpc/backend.h>
+#include <cpc/secret.h>
+
+#include "operators/aead.h"
+#include "operators/operators.h"
+#include "operators/record_codec.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  uint64_t mib = 512;
+  int reps = 7;
+  int cpu = 0;
+  std::string engine;  // empty: every available engine
+  uint32_t pages_per_record = cpc::kDefaultPagesPerRecord;
+  std::vector<std::string> filters;
+};
+
+[[noreturn]] void Die(const cpc::Status& s, std::string_view what) {
+  std::fprintf(stderr, "cpc-bench: %.*s: %s\n", static_cast<int>(what.size()),
+               what.data(), s.ToString().c_str());
+  std::exit(1);
+}
+template <typename T>
+T Check(cpc::Result<T> r, std::string_view what) {
+  if (!r.ok()) Die(r.status(), what);
+  return std::move(r).value();
+}
+void Check(const cpc::Status& s, std::string_view what) {
+  if (!s.ok()) Die(s, what);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Anonymous memory on transparent huge pages, pre-faulted, page-aligned.
+class Buffer {
+ public:
+  explicit Buffer(size_t bytes) : size_(bytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      std::perror("mmap");
+      std::exit(1);
+    }
+    madvise(p, bytes, MADV_HUGEPAGE);
+    data_ = static_cast<uint8_t*>(p);
+    std::memset(data_, 1, bytes);  // pre-fault outside any timing
+  }
+  ~Buffer() { munmap(data_, size_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  uint8_t* data() { return data_; }
+  size_t size() const { return size_; }
+  std::span<uint8_t> span() { return {data_, size_}; }
+
+  // Incompressible content (xorshift64*).
+  void Randomize(uint64_t seed) {
+    uint64_t x = seed | 1;
+    for (size_t i = 0; i + 8 <= size_; i += 8) {
+      x ^= x >> 12;
+      x ^= x << 25;
+      x ^= x >> 27;
+      const uint64_t v = x * 0x2545F4914F6CDD1Dull;
+      std::memcpy(data_ + i, &v, 8);
+    }
+  }
+
+ private:
+  uint8_t* data_;
+  size_t size_;
+};
+
+// Guest memory for the operators: a Buffer seen through GuestPlatform.
+class BenchPlatform final : public cpc::GuestPlatform {
+ public:
+  explicit BenchPlatform(Buffer* mem) : mem_(mem) {}
+  uint64_t memory_bytes() const override { return mem_->size(); }
+  uint32_t vcpu_count() const override { return 0; }
+  cpc::Result<std::span<const uint8_t>> PrivatePageForRead(
+      cpc::Gpa gpa) override {
+    return std::span<const uint8_t>(mem_->data() + gpa, cpc::kPageSize);
+  }
+  cpc::Result<std::span<uint8_t>> PrivatePageForWrite(cpc::Gpa gpa) override {
+    return std::span<uint8_t>(mem_->data() + gpa, cpc::kPageSize);
+  }
+  cpc::Result<std::vector<uint8_t>> ExportVcpuState(uint32_t) override {
+    return No();
+  }
+  cpc::Status ImportVcpuState(uint32_t, std::span<const uint8_t>) override {
+    return No();
+  }
+  cpc::Status IsolateSecureCpc(uint32_t, cpc::GpaRange) override {
+    return No();
+  }
+  cpc::Status PageStateChange(cpc::GpaRange, cpc::PageState) override {
+    return No();
+  }
+  cpc::Result<std::vector<uint8_t>> AttestationReport(
+      std::span<const uint8_t, 64>) override {
+    return No();
+  }
+  cpc::Result<cpc::SecretBytes> SealingKey(std::span<const uint8_t>) override {
+    return No();
+  }
+
+ private:
+  static cpc::Status No() {
+    return cpc::Status(cpc::Code::kUnimplemented, "bench platform");
+  }
+  Buffer* mem_;
+};
+
+struct Row {
+  std::string name;
+  double value;
+  std::string unit;
+  std::string baseline;
+  double baseline_value;
+  std::vector<std::pair<std::string, double>> extra;
+};
+
+void Emit(const Row& r) {
+  std::string line =
+      fmt::format(R"({{"name":"{}","value":{:.3f},"unit":"{}","baseline":"{}",)"
+                  R"("baseline_value":{:.3f},"ratio":{:.3f})",
+                  r.name, r.value, r.unit, r.baseline, r.baseline_value,
+                  r.baseline_value > 0 ? r.value / r.baseline_value : 0.0);
+  for (const auto& [k, v] : r.extra)
+    line += fmt::format(R"(,"{}":{:.3f})", k, v);
+  line += "}";
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+// Runs `fns` (one per variant) interleaved, warm-up first, then `reps`
+// timed rounds; returns each variant's median seconds.
+std::vector<double> Interleaved(
+    int reps, const std::vector<std::function<double()>>& fns) {
+  std::vector<std::vector<double>> t(fns.size());
+  for (int r = -1; r < reps; ++r)
+    for (size_t i = 0; i < fns.size(); ++i) {
+      double s = fns[i]();
+      if (r >= 0) t[i].push_back(s);
+    }
+  std::vector<double> med;
+  for (auto& v : t) med.push_back(Median(v));
+  return med;
+}
+
+template <typename F>
+double Seconds(F&& f) {
+  auto t0 = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::vector<const cpc::AeadEngine*> Engines(const Options& o) {
+  if (!o.engine.empty())
+    return {Check(cpc::FindAeadEngine(o.engine), "engine")};
+  return cpc::AvailableAeadEngines();
+}
+
+inline void PrefetchPage(const uint8_t* p) {
+  for (size_t off = 0; off < cpc::kPageSize; off += 64)
+    __builtin_prefetch(p + off);
+}
+
+// Shared setup of the page benchmarks: guest memory, the ~1 MiB ring (at
+// least two records), a session key.
+struct PageBench {
+  explicit PageBench(const Options& o)
+      : opt(o),
+        guest(o.mib << 20),
+        ring(std::max<size_t>(1 << 20,
+                              2 * cpc::MemoryRecordBytes(o.pages_per_record))),
+        key(cpc::SecretBytes::Random(32)),
+        platform(&guest),
+        pages(guest.size() / cpc::kPageSize) {
+    guest.Randomize(0x1234);
+    for (uint64_t i = 0; i < pages; ++i)
+      refs.push_back({i * cpc::kPageSize, 0});
+  }
+  double GBps(double seconds) const { return guest.size() / seconds / 1e9; }
+
+  Options opt;
+  Buffer guest, ring;
+  cpc::SecretBytes key;
+  BenchPlatform platform;
+  uint64_t pages;
+  std::vector<cpc::PageRef> refs;
+  cpc::SessionId sid{'b', 'e', 'n', 'c', 'h'};
+};
+
+// ---------------------------------------------------------------- MEE
+
+void BenchMee(const Options& o) {
+  PageBench b(o);
+  constexpr size_t kSlot = cpc::kBlockHeadBytes + cpc::kPageSize;
+  const size_t ring_slots = b.ring.size() / kSlot;
+
+  // memcpy: guest page -> ring, the plaintext floor of the export path.
+  auto memcpy_pass = [&] {
+    return Seconds([&] {
+      size_t slot = 0;
+      for (uint64_t i = 0; i < b.pages; ++i) {
+        if (i + 2 < b.pages)
+          PrefetchPage(b.guest.data() + (i + 2) * cpc::kPageSize);
+        std::memcpy(b.ring.data() + slot * kSlot + cpc::kBlockHeadBytes,
+                    b.guest.data() + i * cpc::kPageSize, cpc::kPageSize);
+        if (++slot == ring_slots) slot = 0;
+      }
+    });
+  };
+
+  for (const cpc::AeadEngine* engine : Engines(o)) {
+    std::fprintf(stderr, "cpc-bench: %s\n", engine->code_path().c_str());
+    auto aead = Check(engine->NewKeyed(b.key.span()), "key");
+    // Raw AES-256-GCM: the same pages, fresh IV + 16-byte AAD + tag each,
+    // into the ring, prefetching 2 pages ahead like MEE.
+    uint64_t counter = 0;
+    auto raw_pass = [&] {
+      return Seconds([&] {
+        size_t slot = 0;
+        uint8_t iv[cpc::kAeadIvBytes], aad[16] = {};
+        for (uint64_t i = 0; i < b.pages; ++i) {
+          const uint8_t* page = b.guest.data() + i * cpc::kPageSize;
+          if (i + 2 < b.pages) PrefetchPage(page + 2 * cpc::kPageSize);
+          cpc::MakeRecordIv(counter++, 0, 1, iv);
+          cpc::PutLe(aad, i * cpc::kPageSize, 8);
+          uint8_t* out = b.ring.data() + slot * kSlot;
+          Check(aead->Seal(iv, aad, {page, cpc::kPageSize},
+                           out + cpc::kBlockHeadBytes,
+                           std::span<uint8_t, 16>(out + 16, 16)),
+                "seal");
+          if (++slot == ring_slots) slot = 0;
+        }
+      });
+    };
+    cpc::SenderOptions so;
+    so.pages_per_record = o.pages_per_record;
+    auto tx = Check(
+        cpc::SenderSession::Create(*engine, b.key.span(), b.sid, so), "sender");
+    auto mee_pass = [&] {
+      return Seconds([&] {
+        size_t done = 0;
+        cpc::ExportProgress p;
+        while (done < b.refs.size()) {
+          Check(cpc::ExportMemory(tx->stream(0), b.platform,
+                                  std::span(b.refs).subspan(done),
+                                  b.ring.span(), nullptr, &p),
+                "MEE");
+          done += p.pages;
+        }
+      });
+    };
+    auto t = Interleaved(o.reps, {memcpy_pass, raw_pass, mee_pass});
+    const std::string raw = fmt::format("aead-seal/{}", engine->name());
+    Emit({raw, b.GBps(t[1]), "GB/s", "memcpy/guest-to-ring", b.GBps(t[0]), {}});
+    Emit({fmt::format("mee/{}", engine->name()),
+          b.GBps(t[2]),
+          "GB/s",
+          raw,
+          b.GBps(t[1]),
+          {{"memcpy_value", b.GBps(t[0])}, {"ratio_memcpy", t[0] / t[2]}}});
+  }
+}
+
+// ---------------------------------------------------------------- MDI
+
+void BenchMdi(const Options& o) {
+  PageBench b(o);
+  // The wire: every record of one MEE pass. Each timed round copies one
+  // ring-full of it into the ring (untimed: the host's receive) and then
+  // imports from the ring, as a destination hvCPU does.
+  Buffer wire(b.pages / o.pages_per_record *
+                  cpc::MemoryRecordBytes(o.pages_per_record) +
+              cpc::MemoryRecordBytes(o.pages_per_record));
+  Buffer dest(b.guest.size());
+  BenchPlatform dest_platform(&dest);
+
+  for (const cpc::AeadEngine* engine : Engines(o)) {
+    std::fprintf(stderr, "cpc-bench: %s\n", engine->code_path().c_str());
+    cpc::SenderOptions so;
+    so.pages_per_record = o.pages_per_record;
+    auto tx = Check(
+        cpc::SenderSession::Create(*engine, b.key.span(), b.sid, so), "sender");
+    cpc::ExportProgress ep;
+    Check(cpc::ExportMemory(tx->stream(0), b.platform, b.refs, wire.span(),
+                            nullptr, &ep),
+          "MEE");
+    if (ep.pages != b.refs.size())
+      Die(cpc::Status(cpc::Code::kInternal, "wire"), "MEE");
+    // Chunks of whole records that fit the ring.
+    std::vector<std::pair<size_t, size_t>> chunks;
+    for (size_t pos = 0; pos < ep.bytes;) {
+      size_t len = 0;
+      while (pos + len < ep.bytes) {
+        auto h = Check(cpc::PeekRecordHeader(wire.span().subspan(pos + len)),
+                       "peek");
+        if (len + h.record_bytes > b.ring.size()) break;
+        len += h.record_bytes;
+      }
+      chunks.push_back({pos, len});
+      pos += len;
+    }
+    // Times `fn(ring, len)` over every chunk, excluding the copy into the ring.
+    auto over_chunks = [&](auto&& fn) {
+      double s = 0;
+      for (auto [pos, len] : chunks) {
+        std::memcpy(b.ring.data(), wire.data() + pos, len);
+        s += Seconds([&] { fn(len); });
+      }
+      return s;
+    };
+    // Calls fn(ct, tag, aad16, iv, dest page) for every page in the ring.
+    auto for_each_block = [&](size_t len, auto&& fn) {
+      for (size_t pos = 0; pos < len;) {
+        const uint8_t* rec = b.ring.data() + pos;
+        const uint64_t counter = cpc::GetLe(rec + cpc::hdr::kCounter, 8);
+        const uint32_t n =
+            static_cast<uint32_t>(cpc::GetLe(rec + cpc::hdr::kItemCount, 4));
+        const uint8_t* blk = rec + cpc::kRecordPrefixBytes + cpc::Pad64(n * 16);
+        for (uint32_t i = 0; i < n;
+             ++i, blk += cpc::kBlockHeadBytes + cpc::kPageSize) {
+          uint8_t iv[cpc::kAeadIvBytes];
+          cpc::MakeRecordIv(counter, 0, static_cast<uint16_t>(i + 1), iv);
+          fn(blk + cpc::kBlockHeadBytes, blk + 16, blk, iv,
+             dest.data() + cpc::GetLe(blk, 8));
+        }
+        pos += cpc::GetLe(rec + cpc::hdr::kRecordBytes, 4);
+      }
+    };
+    auto memcpy_pass = [&] {
+      return over_chunks([&](size_t len) {
+        for_each_block(len, [](const uint8_t* ct, const uint8_t*,
+                               const uint8_t*, const uint8_t*, uint8_t* dst) {
+          std::memcpy(dst, ct, cpc::kPageSize);
+        });
+      });
+    };
+    auto aead = Check(engine->NewKeyed(b.key.span()), "key");
+    auto raw_pass = [&] {
+      return over_chunks([&](size_t len) {
+        for_each_block(len, [&](const uint8_t* ct, const uint8_t* tag,
+                                const uint8_t* aad, const uint8_t* iv,
+                                uint8_t* dst) {
+          Check(aead->Open(cpc::AeadIv(iv, 12), {aad, 16}, {ct, cpc::kPageSize},
+                           dst, std::span<const uint8_t, 16>(tag, 16)),
+                "open");
+        });
+      });
+    };
+    cpc::ReceiverOptions ro;
+    ro.memory_bytes = dest.size();
+    ro.max_pages_per_record = o.pages_per_record;
+    auto mdi_pass = [&] {
+      // A fresh receiver per round: the same records import again.
+      auto rx = Check(cpc::Receiver::Create(*engine, b.key.span(), b.sid, ro),
+                      "receiver");
+      return over_chunks([&](size_t len) {
+        Check(cpc::ImportRecords(rx->stream(0), dest_platform,
+                                 b.ring.span().first(len), nullptr),
+              "MDI");
+      });
+    };
+    auto t = Interleaved(o.reps, {memcpy_pass, raw_pass, mdi_pass});
+    if (std::memcmp(dest.data(), b.guest.data(), dest.size()) != 0)
+      Die(cpc::Status(cpc::Code::kInternal, "destination differs"), "MDI");
+    const std::string raw = fmt::format("aead-open/{}", engine->name());
+    Emit({raw, b.GBps(t[1]), "GB/s", "memcpy/ring-to-guest", b.GBps(t[0]), {}});
+    Emit({fmt::format("mdi/{}", engine->name()),
+          b.GBps(t[2]),
+          "GB/s",
+          raw,
+          b.GBps(t[1]),
+          {{"memcpy_value", b.GBps(t[0])}, {"ratio_memcpy", t[0] / t[2]}}});
+  }
+}
+
+struct Benchmark {
+  const char* name;
+  const char* description;
+  void (*run)(const Options&);
+};
+
+constexpr Benchmark kBenchmarks[] = {
+    {"mee", "MEE vs raw AES-256-GCM seal vs memcpy, 4 KiB pages, per thread",
+     BenchMee},
+    {"mdi", "MDI vs raw AES-256-GCM open vs memcpy, 4 KiB pages, per thread",
+     BenchMdi},
+};
+
+void Pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+    std::fprintf(stderr, "cpc-bench: cannot pin to CPU %d\n", cpu);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  bool list = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "cpc-bench: %s needs a value\n", argv[i]);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--list") {
+      list = true;
+    } else if (a == "--mib") {
+      o.mib = std::strtoull(value(), nullptr, 10);
+    } else if (a == "--reps") {
+      o.reps = std::max(1, std::atoi(value()));
+    } else if (a == "--cpu") {
+      o.cpu = std::atoi(value());
+    } else if (a == "--engine") {
+      o.engine = value();
+    } else if (a == "--pages-per-record") {
+      o.pages_per_record =
+          static_cast<uint32_t>(std::strtoul(value(), nullptr, 10));
+    } else if (a.starts_with("-")) {
+      std::fprintf(stderr,
+                   "usage: cpc-bench [--list] [--mib N] [--reps N] [--cpu N] "
+                   "[--engine NAME] [--pages-per-record N] [FILTER...]\n");
+      return 2;
+    } else {
+      o.filters.emplace_back(a);
+    }
+  }
+  if (o.pages_per_record == 0 || o.pages_per_record > cpc::kMaxRecordItems ||
+      o.mib == 0) {
+    std::fprintf(stderr, "cpc-bench: bad --mib / --pages-per-record\n");
+    return 2;
+  }
+  for (const Benchmark& b : kBenchmarks) {
+    bool selected = o.filters.empty();
+    for (const auto& f : o.filters)
+      selected |= std::string_view(b.name).find(f) != std::string_view::npos;
+    if (list) {
+      std::printf("%-8s %s\n", b.name, b.description);
+    } else if (selected) {
+      Pin(o.cpu);
+      b.run(o);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,265 @@
+#include "emulator/cvm.h"
+
+#include <cstring>
+#include <fcntl.h>
+#include <map>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <thread>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <cpc/policy.h>
+#include <cpc/runtime.h>
+#include <cpc/token.h>
+
+#include "core/log.h"
+#include "emulator/channel.h"
+#include "emulator/guest_os.h"
+#include "emulator/launch.h"
+#include "emulator/memory.h"
+#include "emulator/protocol.h"
+#include "emulator/shared.h"
+
+CPC_NAMESPACE_BEGIN
+namespace emu {
+
+namespace {
+
+Result<Digest> HashFile(const char* path) {
+  Fd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status(Code::kIoError, "cannot open the CVM image");
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<uint8_t> buf(1 << 20);
+  ssize_t n;
+  while ((n = ::read(fd.get(), buf.data(), buf.size())) > 0)
+    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(n));
+  Digest d{};
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, d.data(), &len);
+  EVP_MD_CTX_free(ctx);
+  if (n < 0) return Status(Code::kIoError, "cannot read the CVM image");
+  return d;
+}
+
+Status Reply(Channel& ch, const Status& s, std::span<const uint8_t> extra = {},
+             std::span<const int> fds = {}) {
+  std::vector<uint8_t> out;
+  ByteWriter w(&out);
+  EncodeStatus(w, s);
+  w.Bytes(extra);
+  return ch.Send(kMsgReply, out, fds);
+}
+
+// One hvCPU: its runtime and the thread serving its channel.
+struct Hvcpu {
+  std::unique_ptr<HvcpuRuntime> runtime;
+  Channel channel;
+  std::thread server;
+};
+
+class Cvm {
+ public:
+  Cvm(const PlatformFactory& platforms, const ModuleInstaller& installer)
+      : platforms_(platforms), installer_(installer), vm_(Fd(kVmChannelFd)) {}
+  ~Cvm() {
+    for (auto& h : hvcpus_) {
+      ::shutdown(h->channel.fd(), SHUT_RDWR);
+      if (h->server.joinable()) h->server.join();
+    }
+    hvcpus_.clear();
+    guest_os_.reset();
+  }
+
+  int Run() {
+    auto launch = Launch();
+    if (!launch.ok()) {
+      (void)Reply(vm_, launch);
+      return 1;
+    }
+    return Serve();
+  }
+
+ private:
+  Status Launch() {
+    CPC_ASSIGN_OR_RETURN(Message m, vm_.Recv());
+    if (m.type != kMsgLaunch)
+      return Status(Code::kInvalidArgument, "expected a launch message");
+    CPC_ASSIGN_OR_RETURN(LaunchParams params, LaunchParams::Decode(m.payload));
+    CPC_ASSIGN_OR_RETURN(platform_, platforms_(params.platform));
+    CPC_ASSIGN_OR_RETURN(TenantPolicy policy,
+                         TenantPolicy::Parse(params.config.policy));
+    CPC_ASSIGN_OR_RETURN(WorkloadConfig workload,
+                         WorkloadConfig::FromOptions(params.config.options));
+    const bool track = params.config.options.count("dirty_tracking") == 0 ||
+                       params.config.options.at("dirty_tracking") != "off";
+    CPC_ASSIGN_OR_RETURN(
+        memory_, GuestMemory::Create(params.config.memory_bytes, track));
+
+    LaunchInfo info;
+    CPC_ASSIGN_OR_RETURN(info.image_digest, HashFile("/proc/self/exe"));
+    info.policy = params.config.policy;
+    info.hvcpus = params.config.hvcpus;
+    info.gvcpus = params.config.gvcpus;
+    for (uint32_t i = 0; i < info.gvcpus; ++i)
+      info.gvcpu_regs.push_back(GuestOs::InitialRegs(i));
+    info.chip_seed = params.chip_seed;
+    const Gpa cpc_base = memory_->size() - kCpcRegionBytes;
+    CPC_RETURN_IF_ERROR(platform_->Launch(memory_.get(), cpc_base, info));
+
+    guest_os_ =
+        std::make_unique<GuestOs>(memory_.get(), platform_.get(), cpc_base,
+                                  params.config.gvcpus, workload);
+    CPC_RETURN_IF_ERROR(guest_os_->Boot());
+    if (auto it = params.config.options.find("agent.deny");
+        it != params.config.options.end())
+      guest_os_->DenyModule(it->second);
+
+    authority_ = std::make_unique<TokenAuthority>(
+        platform_->identity(), std::move(policy), guest_os_.get());
+    CPC_RETURN_IF_ERROR(installer_(modules_));
+    CPC_ASSIGN_OR_RETURN(shared_, SharedRegion::Create(params.shared_bytes));
+    CPC_ASSIGN_OR_RETURN(to_guest_, Doorbell::Create());
+    CPC_ASSIGN_OR_RETURN(to_host_, Doorbell::Create());
+
+    std::vector<int> fds = {shared_.fd(), to_guest_.fd(), to_host_.fd()};
+    std::vector<Channel> host_ends;
+    for (const HvcpuConfig& hc : params.config.hvcpus) {
+      CPC_ASSIGN_OR_RETURN(Channel host_end, AddHvcpu(hc, false));
+      host_ends.push_back(std::move(host_end));
+    }
+    for (auto& c : host_ends) fds.push_back(c.fd());
+
+    LaunchedInfo li;
+    li.identity = platform_->identity();
+    li.pid = ::getpid();
+    li.guest_base = reinterpret_cast<uint64_t>(memory_->base());
+    li.memory_bytes = memory_->size();
+    li.cpc_base = cpc_base;
+    for (const auto& h : hvcpus_)
+      li.hvcpu_isolation.push_back(h->runtime->isolation());
+    auto payload = li.Encode();
+    std::vector<uint8_t> msg;
+    ByteWriter w(&msg);
+    EncodeStatus(w, Status::Ok());
+    w.Bytes(payload);
+    CPC_RETURN_IF_ERROR(vm_.Send(kMsgLaunched, msg, fds));
+
+    guest_os_->Start();
+    guest_os_->StartAgent(authority_.get(), &shared_, &to_guest_, &to_host_);
+    CPC_LOG_INFO("CVM up: {} MiB, {} gvCPUs, {} hvCPUs", memory_->size() >> 20,
+                 params.config.gvcpus, hvcpus_.size());
+    return Status::Ok();
+  }
+
+  Result<Channel> AddHvcpu(const HvcpuConfig& hc, bool after_launch) {
+    for (const auto& h : hvcpus_)
+      if (h->runtime->index() == hc.index)
+        return Status(Code::kAlreadyExists,
+                      fmt::format("hvCPU {} exists", hc.index));
+    CPC_ASSIGN_OR_RETURN(Isolation iso,
+                         platform_->CreateHvcpu(hc, after_launch));
+    CPC_ASSIGN_OR_RETURN(auto pair, Channel::Pair());
+    auto h = std::make_unique<Hvcpu>();
+    h->runtime = std::make_unique<HvcpuRuntime>(
+        hc.index, iso,
+        RuntimeServices{authority_.get(), &modules_, platform_.get()});
+    h->channel = std::move(pair.first);
+    Hvcpu* raw = h.get();
+    h->server = std::thread([raw] { ServeHvcpu(raw); });
+    hvcpus_.push_back(std::move(h));
+    return std::move(pair.second);
+  }
+
+  static void ServeHvcpu(Hvcpu* h) {
+    for (;;) {
+      auto m = h->channel.Recv();
+      if (!m.ok()) return;  // host closed the vCPU fd
+      if (m->type != kMsgEnter) {
+        (void)Reply(h->channel,
+                    Status(Code::kInvalidArgument, "expected enter"));
+        continue;
+      }
+      auto entry = DecodeEntry(m->payload);
+      Result<HvcpuExit> exit = entry.ok() ? h->runtime->Enter(*entry)
+                                          : Result<HvcpuExit>(entry.status());
+      if (!exit.ok()) {
+        (void)Reply(h->channel, exit.status());
+        continue;
+      }
+      if (!h->channel.Send(kMsgExit, EncodeExit(*exit)).ok()) return;
+    }
+  }
+
+  int Serve() {
+    for (;;) {
+      auto m = vm_.Recv();
+      if (!m.ok()) return 0;  // the host went away: the CVM stops
+      ByteReader r(m->payload);
+      switch (m->type) {
+        case kMsgCreateHvcpu: {
+          HvcpuConfig hc;
+          hc.index = r.Int<uint32_t>();
+          hc.isolation = static_cast<Isolation>(r.Int<uint8_t>() != 0);
+          auto ch = AddHvcpu(hc, true);
+          if (!ch.ok()) {
+            (void)Reply(vm_, ch.status());
+          } else {
+            std::vector<uint8_t> extra;
+            ByteWriter(&extra).Int<uint8_t>(
+                static_cast<uint8_t>(hvcpus_.back()->runtime->isolation()));
+            int fd = ch->fd();
+            (void)Reply(vm_, Status::Ok(), extra, std::span(&fd, 1));
+          }
+          break;
+        }
+        case kMsgPause:
+          (void)Reply(vm_, guest_os_->Pause());
+          break;
+        case kMsgResume:
+          (void)Reply(vm_, guest_os_->Resume());
+          break;
+        case kMsgGuestAccess: {
+          const Gpa gpa = r.Int<uint64_t>();
+          const bool write = r.Int<uint8_t>() != 0;
+          (void)Reply(vm_, r.done()
+                               ? guest_os_->Access(gpa, write)
+                               : Status(Code::kInvalidArgument, "bad access"));
+          break;
+        }
+        case kMsgShutdown:
+          (void)Reply(vm_, Status::Ok());
+          return 0;
+        default:
+          (void)Reply(vm_, Status(Code::kInvalidArgument,
+                                  fmt::format("unknown message {}", m->type)));
+      }
+    }
+  }
+
+  const PlatformFactory& platforms_;
+  const ModuleInstaller& installer_;
+  Channel vm_;
+  std::unique_ptr<EmulatedPlatform> platform_;
+  std::unique_ptr<GuestMemory> memory_;
+  std::unique_ptr<GuestOs> guest_os_;
+  std::unique_ptr<TokenAuthority> authority_;
+  ModuleRegistry modules_;
+  SharedRegion shared_;
+  Doorbell to_guest_, to_host_;
+  std::vector<std::unique_ptr<Hvcpu>> hvcpus_;
+};
+
+}  // namespace
+
+int RunCvm(const PlatformFactory& platforms, const ModuleInstaller& modules) {
+  Cvm cvm(platforms, modules);
+  return cvm.Run();
+}
+
+}  // namespace emu
+CPC_NAMESPACE_END
