@@ -1,10 +1,12 @@
 #include "modules/builtin.h"
 
+#include "modules/attest.h"
 #include "modules/audit.h"
 
 CPC_NAMESPACE_BEGIN
 
 Status InstallBuiltinModules(ModuleRegistry& registry) {
+  CPC_RETURN_IF_ERROR(registry.Register(MakeAttestModule()));
   CPC_RETURN_IF_ERROR(registry.Register(MakeAuditModule()));
   return Status::Ok();
 }

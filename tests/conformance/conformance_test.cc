@@ -33,10 +33,13 @@ cpc::TenantPolicy Policy() {
   audit.module = "audit";
   audit.procedures = {"digest"};
   audit.per_call = {1ull << 30, 0};
+  cpc::ModulePolicy seal;
+  seal.module = "sealprobe";
+  seal.procedures = {"probe"};
   cpc::ModulePolicy hog;
   hog.module = "hog";
   hog.procedures = {"spin"};
-  p.modules = {audit, hog};
+  p.modules = {audit, seal, hog};
   return p;
 }
 
@@ -390,5 +393,40 @@ TEST_CASE("conformance: a crashed CVM is reported, not hung on") {
     REQUIRE_CODE(env.b->ScheduleHvcpu(*cvm, 0, AuditEntry({})), Code::kIoError);
     REQUIRE_FALSE(env.b->PauseGuest(*cvm).ok());
     REQUIRE_OK(env.b->DestroyCvm(*cvm));
+  }
+}
+
+TEST_CASE(
+    "conformance: sealing keys follow image and policy and not the instance") {
+  for (auto& env : Backends()) {
+    INFO(env.backend);
+    auto probe = [&](cpc::CvmHandle h, std::string ctx) {
+      auto token = env.b->RequestToken(h, {"sealprobe", "probe", {}});
+      REQUIRE_OK(token);
+      HvcpuEntry e;
+      e.module = "sealprobe";
+      e.procedure = "probe";
+      e.token = *token;
+      e.args.assign(ctx.begin(), ctx.end());
+      auto exit = env.b->ScheduleHvcpu(h, 0, e);
+      REQUIRE_OK(exit);
+      REQUIRE_OK(exit->status);
+      REQUIRE(exit->output.size() == 32);
+      return exit->output;
+    };
+    auto a = env.b->LaunchCvm(Config());
+    auto b = env.b->LaunchCvm(Config());
+    auto other = Config();
+    auto pol = Policy();
+    pol.modules.front().per_call.bytes /= 2;
+    other.policy = pol.Serialize();
+    auto c = env.b->LaunchCvm(other);
+    REQUIRE_OK(a);
+    REQUIRE_OK(b);
+    REQUIRE_OK(c);
+    REQUIRE(probe(*a, "snapshot") == probe(*b, "snapshot"));  // same identity
+    REQUIRE(probe(*a, "snapshot") != probe(*a, "other"));     // per context
+    REQUIRE(probe(*a, "snapshot") != probe(*c, "snapshot"));  // per policy
+    for (auto h : {*a, *b, *c}) REQUIRE_OK(env.b->DestroyCvm(h));
   }
 }
