@@ -1,8 +1,7 @@
 #include "operators/aead.h"
 
-#include <atomic>
-
 #include <array>
+#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <cstring>

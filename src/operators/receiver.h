@@ -69,6 +69,7 @@ struct ImportedRecord {
 
 class ReceiverStream {
  public:
+  ~ReceiverStream();  // wipes the scratch area (it held guest plaintext)
   ReceiverStream(const ReceiverStream&) = delete;
   ReceiverStream& operator=(const ReceiverStream&) = delete;
 
@@ -110,9 +111,6 @@ class ReceiverStream {
   std::vector<uint8_t*> targets_;
   std::vector<uint32_t> claimed_;  // previous page marks, for rollback
   std::vector<uint8_t> vcpu_scratch_;
-
- public:
-  ~ReceiverStream();
 };
 
 class Receiver {

@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <vector>
@@ -47,11 +49,49 @@ inline bool Matches(const uint8_t* p, const MaskedSecret& s) {
   return true;
 }
 
-// Number of places in readable mappings of this process holding the secret.
-// Reads through process_vm_readv so an unreadable page (a file mapping past
-// its end, a guard page) is skipped instead of faulting.
+// Ranges of resident (present or swapped) pages in [lo, hi) of this
+// process, from PAGEMAP_SCAN: sanitizers reserve terabytes of shadow memory
+// that must not be walked page by page.
+inline std::vector<std::pair<unsigned long, unsigned long>> ResidentRanges(
+    int pagemap, unsigned long lo, unsigned long hi) {
+  struct Region {
+    uint64_t start, end, categories;
+  };
+  struct ScanArg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages,
+        category_inverted, category_mask, category_anyof_mask, return_mask;
+  };
+  constexpr unsigned long kScan = _IOWR('f', 16, ScanArg);
+  constexpr uint64_t kPresent = 1 << 3, kSwapped = 1 << 4;
+  std::vector<std::pair<unsigned long, unsigned long>> out;
+  std::vector<Region> vec(256);
+  for (unsigned long at = lo; at < hi;) {
+    ScanArg a = {};
+    a.size = sizeof a;
+    a.start = at;
+    a.end = hi;
+    a.vec = reinterpret_cast<uint64_t>(vec.data());
+    a.vec_len = vec.size();
+    a.category_anyof_mask = kPresent | kSwapped;
+    a.return_mask = kPresent | kSwapped;
+    long n = ioctl(pagemap, kScan, &a);
+    if (n < 0) {  // no PAGEMAP_SCAN: fall back to the whole mapping
+      out.emplace_back(at, hi);
+      break;
+    }
+    for (long i = 0; i < n; ++i) out.emplace_back(vec[i].start, vec[i].end);
+    if (a.walk_end <= at) break;
+    at = a.walk_end;
+  }
+  return out;
+}
+
+// Number of places in readable, resident memory of this process holding the
+// secret. Reads through process_vm_readv so an unreadable page is skipped
+// instead of faulting.
 inline int CountInProcessMemory(const MaskedSecret& s) {
   std::ifstream maps("/proc/self/maps");
+  const int pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   std::string line;
   int found = 0;
   static std::vector<uint8_t> buf(1 << 20);
@@ -63,22 +103,24 @@ inline int CountInProcessMemory(const MaskedSecret& s) {
     if (perms[0] != 'r' || line.find("[vvar") != std::string::npos ||
         line.find("[vsyscall]") != std::string::npos)
       continue;
-    for (unsigned long at = lo; at < hi;) {
-      // Overlap chunks by 31 bytes so a secret across a boundary is seen.
-      const size_t want = std::min<unsigned long>(buf.size(), hi - at);
-      iovec local = {buf.data(), want};
-      iovec remote = {reinterpret_cast<void*>(at), want};
-      const ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-      if (n <= 0) {
-        at += 4096;  // skip an unreadable page
-        continue;
-      }
-      if (buf.data() != reinterpret_cast<uint8_t*>(at))  // not our own buffer
+    for (auto [rlo, rhi] : ResidentRanges(pagemap, lo, hi)) {
+      for (unsigned long at = rlo; at < rhi;) {
+        // Overlap chunks by 31 bytes so a secret across a boundary is seen.
+        const size_t want = std::min<unsigned long>(buf.size(), rhi - at);
+        iovec local = {buf.data(), want};
+        iovec remote = {reinterpret_cast<void*>(at), want};
+        const ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+        if (n <= 0) {
+          at += 4096;  // skip an unreadable page
+          continue;
+        }
         for (ssize_t i = 0; i + 32 <= n; ++i)
           if (Matches(buf.data() + i, s)) ++found;
-      at += (static_cast<size_t>(n) > 31 && at + n < hi) ? n - 31 : n;
+        at += (static_cast<size_t>(n) > 31 && at + n < rhi) ? n - 31 : n;
+      }
     }
   }
+  close(pagemap);
   std::memset(buf.data(), 0, buf.size());
   return found;
 }

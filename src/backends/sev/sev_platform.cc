@@ -32,7 +32,6 @@ constexpr uint32_t kMaxHvcpus = 16;
 constexpr uint32_t kHvApicBase = 128;  // APIC IDs of hvCPUs
 // CPC region layout, in pages from cpc_base.
 constexpr uint64_t kSecretsPage = 0;
-constexpr uint64_t kGhcbPage = 1;
 constexpr uint64_t kImagePage = 2;  // the measured launch inputs
 constexpr uint64_t kGvVmsaPage = 8;
 constexpr uint64_t kHvVmsaPage = kGvVmsaPage + kMaxGvcpus;
@@ -286,6 +285,8 @@ class SevPlatform final : public emu::EmulatedPlatform {
   std::unique_ptr<SnpFirmware> firmware_;
   std::unique_ptr<SvsmCore> svsm_;
   VmgexitChannel host_;
+  // The GHCB: shared with the host in a real guest; the emulated host side
+  // (HostHandleVmgexit) runs in-process, so a private buffer stands in.
   std::mutex ghcb_mu_;
   std::vector<uint8_t> ghcb_mem_ = std::vector<uint8_t>(kPageSize, 0);
   std::mutex msg_mu_;
