@@ -5,27 +5,43 @@
 // drift hits both alike). Diagnostics go to stderr.
 //
 //   cpc-bench [--list] [--mib N] [--reps N] [--cpu N] [--engine NAME]
-//             [--pages-per-record N] [FILTER...]
+//             [--pages-per-record N] [--snapshot-mib N] [--streams N]
+//             [--dir DIR] [FILTER...]
 //
 // A benchmark runs if its name contains any FILTER (all if none). New
-// benchmarks (snapshot, migration, ...) are one more row in kBenchmarks.
+// benchmarks (migration, ...) are one more row in kBenchmarks.
+//
+// snapshot / restore: an emulated CVM of --snapshot-mib MiB (default 2048)
+// is snapshotted to a file in --dir (default $TMPDIR or /tmp), against a
+// plaintext write() of the same number of guest bytes to the same filesystem
+// from a pre-faulted buffer in 1 MiB chunks (same open flags); restore is
+// timed against a plaintext read() of as many bytes. ratio = time / plaintext
+// time (lower is better). Both sides hit the page cache alike: every file is
+// unlinked after its round, nothing is dropped or fsynced.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <functional>
 #include <pthread.h>
 #include <sched.h>
 #include <string>
 #include <string_view>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include <cpc/backend.h>
+#include <cpc/policy.h>
+#include <cpc/registry.h>
 #include <cpc/secret.h>
+#include <cpc/snapshot.h>
 
 #include "operators/aead.h"
 #include "operators/operators.h"
@@ -41,6 +57,9 @@ struct Options {
   int cpu = 0;
   std::string engine;  // empty: every available engine
   uint32_t pages_per_record = cpc::kDefaultPagesPerRecord;
+  uint64_t snapshot_mib = 2048;
+  uint32_t streams = 1;
+  std::string dir;  // empty: $TMPDIR, else /tmp
   std::vector<std::string> filters;
 };
 
@@ -106,6 +125,9 @@ class BenchPlatform final : public cpc::GuestPlatform {
  public:
   explicit BenchPlatform(Buffer* mem) : mem_(mem) {}
   uint64_t memory_bytes() const override { return mem_->size(); }
+  cpc::GpaRange GuestOsMemory() const override {
+    return {0, memory_bytes() / cpc::kPageSize};
+  }
   uint32_t vcpu_count() const override { return 0; }
   cpc::Result<std::span<const uint8_t>> PrivatePageForRead(
       cpc::Gpa gpa) override {
@@ -408,17 +430,198 @@ void BenchMdi(const Options& o) {
   }
 }
 
+// ------------------------------------------------------ snapshot / restore
+
+// The open flags of the plaintext baselines: the same as the snapshot
+// file's (see src/modules/snapshot*).
+constexpr int kWriteFlags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+constexpr int kReadFlags = O_RDONLY | O_CLOEXEC;
+constexpr size_t kChunk = 1 << 20;
+
+std::string BenchDir(const Options& o) {
+  if (!o.dir.empty()) return o.dir;
+  const char* t = std::getenv("TMPDIR");
+  return t != nullptr && *t != 0 ? t : "/tmp";
+}
+
+cpc::Status Errno(std::string_view what, const std::string& path) {
+  const int e = errno;
+  return cpc::Status(cpc::Code::kIoError,
+                     fmt::format("{} '{}': {}", what, path, std::strerror(e)),
+                     e);
+}
+
+// write() of `bytes` from `buf` in 1 MiB chunks into a new file; seconds.
+double PlainWrite(const std::string& path, Buffer& buf, uint64_t bytes) {
+  return Seconds([&] {
+    int fd = ::open(path.c_str(), kWriteFlags, 0600);
+    if (fd < 0) Die(Errno("open", path), "plaintext write");
+    for (uint64_t off = 0; off < bytes;) {
+      const size_t n = std::min<uint64_t>(kChunk, bytes - off);
+      const ssize_t w = ::write(fd, buf.data() + off % buf.size(), n);
+      if (w <= 0) Die(Errno("write", path), "plaintext write");
+      off += static_cast<uint64_t>(w);
+    }
+    if (::close(fd) != 0) Die(Errno("close", path), "plaintext write");
+  });
+}
+
+// read() of the whole file into `buf` in 1 MiB chunks; seconds.
+double PlainRead(const std::string& path, Buffer& buf, uint64_t bytes) {
+  return Seconds([&] {
+    int fd = ::open(path.c_str(), kReadFlags);
+    if (fd < 0) Die(Errno("open", path), "plaintext read");
+    for (uint64_t off = 0; off < bytes;) {
+      const size_t n = std::min<uint64_t>(kChunk, bytes - off);
+      const ssize_t r = ::read(fd, buf.data() + off % buf.size(), n);
+      if (r <= 0) Die(Errno("read", path), "plaintext read");
+      off += static_cast<uint64_t>(r);
+    }
+    ::close(fd);
+  });
+}
+
+// The source CVM of the snapshot benchmarks: idle guest of --snapshot-mib,
+// one hvCPU per stream, a policy that allows the snapshot module.
+struct SnapshotBench {
+  explicit SnapshotBench(const Options& o)
+      : opt(o), dir(BenchDir(o)), bytes(o.snapshot_mib << 20) {
+    backend = Check(cpc::BackendRegistry::Builtin().Create("", {}), "backend");
+    cpc::ModulePolicy snap;
+    snap.module = "snapshot";
+    snap.procedures = {"begin",        "extract", "finish",
+                       "insert_begin", "insert",  "insert_finish"};
+    cpc::TenantPolicy policy;
+    policy.modules = {snap};
+    config.memory_bytes = bytes;
+    config.gvcpus = 2;
+    for (uint32_t i = 0; i < o.streams; ++i)
+      config.hvcpus.push_back({i, cpc::Isolation::kPlain});
+    config.policy = policy.Serialize();
+    config.options = {{"workload", "idle"}};
+    launch_s = Seconds([&] {
+      cvm = Check(backend->LaunchCvm(config), "launch the source CVM");
+    });
+    options.hvcpus.clear();
+    for (const auto& h : config.hvcpus) options.hvcpus.push_back(h.index);
+    options.launch = config;
+    std::fprintf(stderr,
+                 "cpc-bench: %s CVM of %llu MiB, %u stream(s), files in %s "
+                 "(launch %.3f s)\n",
+                 std::string(backend->name()).c_str(),
+                 static_cast<unsigned long long>(o.snapshot_mib), o.streams,
+                 dir.c_str(), launch_s);
+  }
+  ~SnapshotBench() { (void)backend->DestroyCvm(cvm); }
+  std::string Path(std::string_view what) const {
+    return fmt::format("{}/cpc-bench-{}-{}.bin", dir, what, ::getpid());
+  }
+  std::string Label() const { return fmt::format("{}MiB", opt.snapshot_mib); }
+
+  Options opt;
+  std::string dir;
+  uint64_t bytes;
+  std::unique_ptr<cpc::Backend> backend;
+  cpc::LaunchConfig config;
+  cpc::CvmHandle cvm = 0;
+  cpc::SnapshotOptions options;
+  double launch_s = 0;
+};
+
+void BenchSnapshot(const Options& o) {
+  SnapshotBench b(o);
+  Buffer plain(std::min<uint64_t>(b.bytes, 256ull << 20));
+  plain.Randomize(7);
+  const std::string snap_path = b.Path("snapshot"),
+                    plain_path = b.Path("plain");
+  cpc::SnapshotStats last;
+  std::vector<double> paused;
+  auto snapshot_pass = [&] {
+    double s = Seconds([&] {
+      last = Check(cpc::TakeSnapshot(*b.backend, b.cvm, snap_path, b.options),
+                   "snapshot");
+    });
+    paused.push_back(std::chrono::duration<double>(last.paused).count());
+    ::unlink(snap_path.c_str());
+    return s;
+  };
+  auto plain_pass = [&] {
+    double s = PlainWrite(plain_path, plain, b.bytes);
+    ::unlink(plain_path.c_str());
+    return s;
+  };
+  auto t = Interleaved(o.reps, {plain_pass, snapshot_pass});
+  Emit({"snapshot/" + b.Label(),
+        t[1],
+        "s (lower is better)",
+        "plaintext-write/" + b.Label(),
+        t[0],
+        {{"guest_gbps", b.bytes / t[1] / 1e9},
+         {"plaintext_gbps", b.bytes / t[0] / 1e9},
+         {"file_bytes", static_cast<double>(last.file_bytes)},
+         {"paused_s", Median(paused)},
+         {"streams", static_cast<double>(last.streams)}}});
+}
+
+void BenchRestore(const Options& o) {
+  SnapshotBench b(o);
+  const std::string snap_path = b.Path("snapshot"),
+                    plain_path = b.Path("plain");
+  Buffer plain(std::min<uint64_t>(b.bytes, 256ull << 20));
+  plain.Randomize(7);
+  // The inputs, untimed: one snapshot and a plaintext file of as many guest
+  // bytes, both just written (in the page cache alike).
+  Check(cpc::TakeSnapshot(*b.backend, b.cvm, snap_path, b.options), "snapshot");
+  PlainWrite(plain_path, plain, b.bytes);
+  auto info = Check(cpc::ReadSnapshotInfo(snap_path), "snapshot info");
+  std::vector<double> launch, total;
+  cpc::SnapshotStats last;
+  auto restore_pass = [&] {
+    cpc::RestoreResult r;
+    const double s = Seconds([&] {
+      r = Check(cpc::RestoreSnapshot(*b.backend, info.launch, snap_path, {}),
+                "restore");
+    });
+    Check(b.backend->DestroyCvm(r.cvm), "destroy the restored CVM");
+    last = r.stats;
+    const double l = std::chrono::duration<double>(r.stats.launch).count();
+    launch.push_back(l);
+    total.push_back(s);
+    return s - l;  // the restore itself, without launching the fresh CVM
+  };
+  auto plain_pass = [&] { return PlainRead(plain_path, plain, b.bytes); };
+  auto t = Interleaved(o.reps, {plain_pass, restore_pass});
+  ::unlink(snap_path.c_str());
+  ::unlink(plain_path.c_str());
+  Emit({"restore/" + b.Label(),
+        t[1],
+        "s (lower is better)",
+        "plaintext-read/" + b.Label(),
+        t[0],
+        {{"guest_gbps", b.bytes / t[1] / 1e9},
+         {"plaintext_gbps", b.bytes / t[0] / 1e9},
+         {"launch_s", Median(launch)},
+         {"restore_incl_launch_s", Median(total)},
+         {"file_bytes", static_cast<double>(last.file_bytes)},
+         {"streams", static_cast<double>(last.streams)}}});
+}
+
 struct Benchmark {
   const char* name;
   const char* description;
   void (*run)(const Options&);
+  bool pin;  // pin to --cpu (else: every CPU; the CVM's threads need them)
 };
 
 constexpr Benchmark kBenchmarks[] = {
     {"mee", "MEE vs raw AES-256-GCM seal vs memcpy, 4 KiB pages, per thread",
-     BenchMee},
+     BenchMee, true},
     {"mdi", "MDI vs raw AES-256-GCM open vs memcpy, 4 KiB pages, per thread",
-     BenchMdi},
+     BenchMdi, true},
+    {"snapshot", "TakeSnapshot of an emulated CVM vs plaintext write()",
+     BenchSnapshot, false},
+    {"restore", "RestoreSnapshot (excl. launch) vs plaintext read()",
+     BenchRestore, false},
 };
 
 void Pin(int cpu) {
@@ -427,6 +630,13 @@ void Pin(int cpu) {
   CPU_SET(cpu, &set);
   if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
     std::fprintf(stderr, "cpc-bench: cannot pin to CPU %d\n", cpu);
+}
+
+// Back to the CPUs the process started with (threads and child processes
+// inherit the affinity).
+void Unpin(const cpu_set_t& initial) {
+  if (pthread_setaffinity_np(pthread_self(), sizeof(initial), &initial) != 0)
+    std::fprintf(stderr, "cpc-bench: cannot restore the CPU affinity\n");
 }
 
 }  // namespace
@@ -453,23 +663,37 @@ int main(int argc, char** argv) {
       o.cpu = std::atoi(value());
     } else if (a == "--engine") {
       o.engine = value();
+    } else if (a == "--snapshot-mib") {
+      o.snapshot_mib = std::strtoull(value(), nullptr, 10);
+    } else if (a == "--streams") {
+      o.streams = static_cast<uint32_t>(std::strtoul(value(), nullptr, 10));
+    } else if (a == "--dir") {
+      o.dir = value();
     } else if (a == "--pages-per-record") {
       o.pages_per_record =
           static_cast<uint32_t>(std::strtoul(value(), nullptr, 10));
     } else if (a.starts_with("-")) {
       std::fprintf(stderr,
                    "usage: cpc-bench [--list] [--mib N] [--reps N] [--cpu N] "
-                   "[--engine NAME] [--pages-per-record N] [FILTER...]\n");
+                   "[--engine NAME] [--pages-per-record N] "
+                   "[--snapshot-mib N] [--streams N] [--dir DIR] "
+                   "[FILTER...]\n");
       return 2;
     } else {
       o.filters.emplace_back(a);
     }
   }
   if (o.pages_per_record == 0 || o.pages_per_record > cpc::kMaxRecordItems ||
-      o.mib == 0) {
-    std::fprintf(stderr, "cpc-bench: bad --mib / --pages-per-record\n");
+      o.mib == 0 || o.snapshot_mib < 16 || o.snapshot_mib % 2 != 0 ||
+      o.streams == 0 || o.streams > 16) {
+    std::fprintf(stderr,
+                 "cpc-bench: bad --mib / --pages-per-record / --snapshot-mib "
+                 "(even, >= 16) / --streams (1..16)\n");
     return 2;
   }
+  cpu_set_t initial;
+  CPU_ZERO(&initial);
+  pthread_getaffinity_np(pthread_self(), sizeof(initial), &initial);
   for (const Benchmark& b : kBenchmarks) {
     bool selected = o.filters.empty();
     for (const auto& f : o.filters)
@@ -477,7 +701,10 @@ int main(int argc, char** argv) {
     if (list) {
       std::printf("%-8s %s\n", b.name, b.description);
     } else if (selected) {
-      Pin(o.cpu);
+      if (b.pin)
+        Pin(o.cpu);
+      else
+        Unpin(initial);
       b.run(o);
     }
   }

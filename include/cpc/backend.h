@@ -134,6 +134,9 @@ class CPC_EXPORT GuestPlatform {
   virtual uint64_t memory_bytes() const = 0;
   // Number of gvCPUs whose state SEE/SDI export and import.
   virtual uint32_t vcpu_count() const = 0;
+  // The guest-OS memory maintenance works on: all of guest memory but the
+  // CPC runtime's own region (save areas, Secure-CPC memory).
+  virtual GpaRange GuestOsMemory() const = 0;
 
   // Access to one private page by the CPC runtime. The span is valid until the
   // page changes state or the CVM ends. kOutOfRange is reported as
@@ -196,6 +199,7 @@ class CPC_EXPORT GuestPlatformWrapper : public GuestPlatform {
 
   uint64_t memory_bytes() const override;
   uint32_t vcpu_count() const override;
+  GpaRange GuestOsMemory() const override;
   Result<std::span<const uint8_t>> PrivatePageForRead(Gpa gpa) override;
   Result<std::span<uint8_t>> PrivatePageForWrite(Gpa gpa) override;
   Result<std::vector<uint8_t>> ExportVcpuState(uint32_t vcpu) override;

@@ -56,11 +56,21 @@ class CPC_EXPORT CallContext {
   // byte budget would be exceeded (the work must then not be applied).
   virtual Status Charge(uint64_t bytes) = 0;
 
+  // The CVM the call runs in (launch measurement + instance).
+  virtual const CvmIdentity& identity() const = 0;
+  // The memory this CVM shares with its host (data rings). Everything
+  // written here is visible to the host; everything read from it is
+  // host-controlled input. Empty if the CVM shares none.
+  virtual std::span<uint8_t> shared_memory() = 0;
+
   // True when the slice is used up or an abort is pending.
   virtual bool ShouldYield() const = 0;
   // If ShouldYield(): suspend until the host resumes the call. Returns OK to
   // continue, kAborted if the host aborted the call (return it from Run).
   virtual Status MaybeYield() = 0;
+  // Suspends the call now, whatever the slice (a ring is full, more input
+  // is needed). OK to continue, kAborted if the host aborted the call.
+  virtual Status Yield() = 0;
 
   virtual void OnCommit(std::function<void()> action) = 0;
   virtual void OnRollback(std::function<void()> action) = 0;

@@ -46,6 +46,7 @@ struct RuntimeServices {
   TokenAuthority* authority = nullptr;
   ModuleRegistry* modules = nullptr;
   GuestPlatform* platform = nullptr;
+  std::span<uint8_t> shared;  // memory shared with the host (may be empty)
 };
 
 class CPC_EXPORT HvcpuRuntime {
@@ -151,6 +152,9 @@ struct CallOutcome {
 
 using EnterFn = std::function<Result<HvcpuExit>(const HvcpuEntry&)>;
 using ProgressFn = std::function<void(const CallProgress&, const CallStats&)>;
+// Runs at every exit that leaves the call suspended (yield or preemption),
+// before the hvCPU is entered again; a non-OK Status aborts the call.
+using YieldFn = std::function<Status(const HvcpuExit&, const CallStats&)>;
 
 // Host side: drives `start` (Kind::kStart, its slice set) to completion.
 // Returns an error only if entering the hvCPU failed; the call's own result
@@ -158,6 +162,13 @@ using ProgressFn = std::function<void(const CallProgress&, const CallStats&)>;
 CPC_EXPORT Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
                                          const AbortPolicy& policy,
                                          const ProgressFn& on_progress = {});
+// DriveCall with a host-side step between slices (e.g. draining a ring). If
+// `on_yield` fails, the call is aborted and the outcome's status is that
+// failure.
+CPC_EXPORT Result<CallOutcome> DriveCallWith(const EnterFn& enter,
+                                             HvcpuEntry start,
+                                             const AbortPolicy& policy,
+                                             const YieldFn& on_yield);
 
 CPC_NAMESPACE_END
 

@@ -45,6 +45,9 @@ uint64_t GuestPlatformWrapper::memory_bytes() const {
 uint32_t GuestPlatformWrapper::vcpu_count() const {
   return target_->vcpu_count();
 }
+GpaRange GuestPlatformWrapper::GuestOsMemory() const {
+  return target_->GuestOsMemory();
+}
 Result<std::span<const uint8_t>> GuestPlatformWrapper::PrivatePageForRead(
     Gpa gpa) {
   return target_->PrivatePageForRead(gpa);

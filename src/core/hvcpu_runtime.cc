@@ -125,6 +125,32 @@ struct HvcpuRuntime::Call {
 };
 
 class HvcpuRuntime::Context final : public CallContext {
+ private:
+  Status CheckBudgetTime() const {
+    if (Clock::now() >= call_->budget_end)
+      return Status(Code::kBudgetExceeded,
+                    fmt::format("call {} ran past its token's {} ms", call_id(),
+                                call_->token.budget.time_ms));
+    return Status::Ok();
+  }
+  // Core Tasks -> Suspended until the host resumes or aborts the call.
+  Status Suspend() {
+    std::unique_lock<std::mutex> lock(rt_->mu_);
+    // A module that ignores kAborted and yields again stays aborted.
+    if (call_->abort)
+      return Status(Code::kAborted,
+                    fmt::format("call {} aborted by the host", call_id()));
+    rt_->machine_->Must(CallEvent::kYield);
+    rt_->run_ = false;
+    rt_->exited_ = true;
+    rt_->cv_.notify_all();
+    vcpu_->wake.wait(lock, [this] { return rt_->run_; });
+    if (call_->abort)
+      return Status(Code::kAborted,
+                    fmt::format("call {} aborted by the host", call_id()));
+    return Status::Ok();
+  }
+
  public:
   Context(HvcpuRuntime* rt, Vcpu* vcpu, Call* call)
       : rt_(rt), vcpu_(vcpu), call_(call) {}
@@ -158,28 +184,19 @@ class HvcpuRuntime::Context final : public CallContext {
     return now >= call_->slice_end.load(std::memory_order_relaxed) ||
            now >= call_->budget_end;
   }
+  const CvmIdentity& identity() const override {
+    return rt_->services_.authority->identity();
+  }
+  std::span<uint8_t> shared_memory() override { return rt_->services_.shared; }
   Status MaybeYield() override {
-    auto now = Clock::now();
-    if (now >= call_->budget_end)
-      return Status(Code::kBudgetExceeded,
-                    fmt::format("call {} ran past its token's {} ms", call_id(),
-                                call_->token.budget.time_ms));
-    if (now < call_->slice_end.load(std::memory_order_relaxed))
+    CPC_RETURN_IF_ERROR(CheckBudgetTime());
+    if (Clock::now() < call_->slice_end.load(std::memory_order_relaxed))
       return Status::Ok();
-    std::unique_lock<std::mutex> lock(rt_->mu_);
-    // A module that ignores kAborted and yields again stays aborted.
-    if (call_->abort)
-      return Status(Code::kAborted,
-                    fmt::format("call {} aborted by the host", call_id()));
-    rt_->machine_->Must(CallEvent::kYield);
-    rt_->run_ = false;
-    rt_->exited_ = true;
-    rt_->cv_.notify_all();
-    vcpu_->wake.wait(lock, [this] { return rt_->run_; });
-    if (call_->abort)
-      return Status(Code::kAborted,
-                    fmt::format("call {} aborted by the host", call_id()));
-    return Status::Ok();
+    return Suspend();
+  }
+  Status Yield() override {
+    CPC_RETURN_IF_ERROR(CheckBudgetTime());
+    return Suspend();
   }
   void OnCommit(std::function<void()> action) override {
     call_->commits.push_back(std::move(action));
@@ -540,6 +557,16 @@ Status AbortMonitor::Observe(const CallProgress& progress,
 Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
                               const AbortPolicy& policy,
                               const ProgressFn& on_progress) {
+  return DriveCallWith(enter, std::move(start), policy,
+                       [&](const HvcpuExit& exit, const CallStats& stats) {
+                         if (on_progress) on_progress(exit.progress, stats);
+                         return Status::Ok();
+                       });
+}
+
+Result<CallOutcome> DriveCallWith(const EnterFn& enter, HvcpuEntry start,
+                                  const AbortPolicy& policy,
+                                  const YieldFn& on_yield) {
   if (start.kind != HvcpuEntry::Kind::kStart)
     return Status(Code::kInvalidArgument, "DriveCall needs a kStart entry");
   const auto t0 = Clock::now();
@@ -551,7 +578,6 @@ Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
     const double secs =
         std::chrono::duration<double>(out.stats.elapsed).count();
     out.stats.rate_bytes_per_s = secs > 0 ? out.stats.bytes / secs : 0;
-    if (on_progress) on_progress(exit.progress, out.stats);
   };
 
   ++out.stats.entries;
@@ -564,7 +590,8 @@ Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
       ++out.stats.yields;
     }
     update(exit);
-    verdict = monitor.Observe(exit.progress, Clock::now());
+    verdict = on_yield ? on_yield(exit, out.stats) : Status::Ok();
+    if (verdict.ok()) verdict = monitor.Observe(exit.progress, Clock::now());
     HvcpuEntry next;
     next.kind =
         verdict.ok() ? HvcpuEntry::Kind::kResume : HvcpuEntry::Kind::kAbort;
@@ -580,8 +607,9 @@ Result<CallOutcome> DriveCall(const EnterFn& enter, HvcpuEntry start,
   }
   update(exit);
   out.call_id = exit.call_id;
-  out.status = verdict.ok() ? std::move(exit.status)
-                            : verdict.WithContext("abort protocol");
+  out.status = verdict.ok() ? std::move(exit.status) : verdict;
+  if (!verdict.ok() && verdict.code() == Code::kAborted)
+    out.status = verdict.WithContext("abort protocol");
   out.output = std::move(exit.output);
   return out;
 }

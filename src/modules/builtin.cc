@@ -2,12 +2,14 @@
 
 #include "modules/attest.h"
 #include "modules/audit.h"
+#include "modules/snapshot.h"
 
 CPC_NAMESPACE_BEGIN
 
 Status InstallBuiltinModules(ModuleRegistry& registry) {
   CPC_RETURN_IF_ERROR(registry.Register(MakeAttestModule()));
   CPC_RETURN_IF_ERROR(registry.Register(MakeAuditModule()));
+  CPC_RETURN_IF_ERROR(registry.Register(MakeSnapshotModule()));
   return Status::Ok();
 }
 

@@ -56,6 +56,9 @@ class MemPlatform final : public cpc::GuestPlatform {
   void FailWritesTo(cpc::Gpa gpa) { fail_write_.insert(gpa); }
 
   uint64_t memory_bytes() const override { return bytes_; }
+  cpc::GpaRange GuestOsMemory() const override {
+    return {0, memory_bytes() / cpc::kPageSize};
+  }
   uint32_t vcpu_count() const override {
     return static_cast<uint32_t>(states_.size());
   }
@@ -157,11 +160,15 @@ class FakeCallContext final : public cpc::CallContext {
       return cpc::Status(cpc::Code::kAborted, "host aborted the call");
     return cpc::Status::Ok();
   }
+  cpc::Status Yield() override { return MaybeYield(); }
+  const cpc::CvmIdentity& identity() const override { return identity_; }
+  std::span<uint8_t> shared_memory() override { return {}; }
   void OnCommit(std::function<void()>) override {}
   void OnRollback(std::function<void()>) override {}
   void SetOutput(std::vector<uint8_t>) override {}
 
  private:
+  cpc::CvmIdentity identity_;
   cpc::GuestPlatform* platform_;
   cpc::Budget budget_;
   int abort_at_;

@@ -185,6 +185,7 @@ class SevPlatform final : public emu::EmulatedPlatform {
   // ---- GuestPlatform: what the CPC runtime at VMPL0 may do ----
   uint64_t memory_bytes() const override { return mem_->size(); }
   uint32_t vcpu_count() const override { return gvcpus_; }
+  GpaRange GuestOsMemory() const override { return {0, cpc_base_ / kPageSize}; }
 
   Result<std::span<const uint8_t>> PrivatePageForRead(Gpa gpa) override {
     CPC_ASSIGN_OR_RETURN(uint8_t * p,

@@ -1,0 +1,455 @@
+#include "modules/snapshot.h"
+
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include <fmt/format.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/rand.h>
+
+#include <cpc/backend.h>
+#include <cpc/record.h>
+
+#include "core/bytes.h"
+#include "operators/aead.h"
+#include "operators/operators.h"
+#include "operators/receiver.h"
+#include "operators/sender.h"
+
+CPC_NAMESPACE_BEGIN
+namespace snap {
+
+uint64_t MinRingBuffer() {
+  return sizeof(RingHead) + MemoryRecordBytes(kDefaultPagesPerRecord) + 4096;
+}
+
+namespace {
+
+constexpr uint16_t kManifestStream = 0xFFFF;     // outside the record streams
+constexpr uint32_t kManifestMagic = 0x4d4e5043;  // "CPNM"
+
+Result<SecretBytes> SnapshotKey(GuestPlatform& p, const SessionId& id) {
+  static constexpr std::string_view kContext = "cpc/snapshot/v1";
+  CPC_ASSIGN_OR_RETURN(
+      SecretBytes seal,
+      p.SealingKey({reinterpret_cast<const uint8_t*>(kContext.data()),
+                    kContext.size()}));
+  SecretBytes key(32);
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
+  EVP_KDF_free(kdf);
+  char digest[] = "SHA256";
+  char info[] = "cpc snapshot key v1";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, seal.data(),
+                                        seal.size()),
+      OSSL_PARAM_construct_octet_string(
+          OSSL_KDF_PARAM_SALT, const_cast<uint8_t*>(id.data()), id.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info,
+                                        sizeof info - 1),
+      OSSL_PARAM_construct_end()};
+  const int ok = EVP_KDF_derive(kctx, key.data(), key.size(), params);
+  EVP_KDF_CTX_free(kctx);
+  if (ok != 1) return Status(Code::kInternal, "HKDF failed");
+  return key;
+}
+
+// The manifest: what the snapshot must contain, sealed under its key.
+struct Manifest {
+  uint64_t serial = 0;
+  uint64_t pages = 0;
+  uint32_t vcpus = 0;
+  uint32_t streams = 0;
+  Digest measurement{};
+
+  std::vector<uint8_t> Plain() const {
+    std::vector<uint8_t> out;
+    ByteWriter w(&out);
+    w.Int<uint32_t>(kManifestMagic);
+    w.Int<uint64_t>(serial);
+    w.Int<uint64_t>(pages);
+    w.Int<uint32_t>(vcpus);
+    w.Int<uint32_t>(streams);
+    w.Bytes(measurement);
+    return out;
+  }
+};
+constexpr size_t kManifestPlain = 4 + 8 + 8 + 4 + 4 + 32;
+constexpr size_t kManifestSealed = kManifestPlain + kAeadTagBytes;
+
+Status SealManifest(std::span<const uint8_t> key, const SessionId& id,
+                    const Manifest& m, std::vector<uint8_t>* out) {
+  CPC_ASSIGN_OR_RETURN(const AeadEngine* engine, FindAeadEngine());
+  CPC_ASSIGN_OR_RETURN(auto aead, engine->NewKeyed(key));
+  std::array<uint8_t, kAeadIvBytes> iv;
+  MakeRecordIv(0, kManifestStream, 0, iv);
+  auto plain = m.Plain();
+  const size_t at = out->size();
+  out->resize(at + kManifestSealed);
+  return aead->Seal(iv, id, plain, out->data() + at,
+                    std::span<uint8_t, kAeadTagBytes>(
+                        out->data() + at + plain.size(), kAeadTagBytes));
+}
+
+Result<Manifest> OpenManifest(std::span<const uint8_t> key, const SessionId& id,
+                              std::span<const uint8_t> sealed) {
+  if (sealed.size() != kManifestSealed)
+    return Status(Code::kRecordMalformed, "snapshot manifest has a bad size");
+  CPC_ASSIGN_OR_RETURN(const AeadEngine* engine, FindAeadEngine());
+  CPC_ASSIGN_OR_RETURN(auto aead, engine->NewKeyed(key));
+  std::array<uint8_t, kAeadIvBytes> iv;
+  MakeRecordIv(0, kManifestStream, 0, iv);
+  std::vector<uint8_t> plain(kManifestPlain);
+  CPC_RETURN_IF_ERROR(
+      aead->Open(iv, id, sealed.first(kManifestPlain), plain.data(),
+                 std::span<const uint8_t, kAeadTagBytes>(
+                     sealed.data() + kManifestPlain, kAeadTagBytes)));
+  ByteReader r(plain);
+  Manifest m;
+  if (r.Int<uint32_t>() != kManifestMagic)
+    return Status(Code::kRecordMalformed, "not a snapshot manifest");
+  m.serial = r.Int<uint64_t>();
+  m.pages = r.Int<uint64_t>();
+  m.vcpus = r.Int<uint32_t>();
+  m.streams = r.Int<uint32_t>();
+  auto meas = r.Bytes(32);
+  if (!r.done()) return Status(Code::kRecordMalformed, "bad snapshot manifest");
+  std::memcpy(m.measurement.data(), meas.data(), 32);
+  return m;
+}
+
+struct ExportSession {
+  SecretBytes key;
+  std::unique_ptr<SenderSession> sender;
+  Manifest manifest;
+  GpaRange memory;
+};
+
+struct ImportSession {
+  SecretBytes key;
+  std::unique_ptr<Receiver> receiver;
+  Manifest expected;
+  std::atomic<uint64_t> pages{0};
+  std::atomic<uint32_t> vcpus{0};
+};
+
+// The page range of `stream` of `streams` over `memory`.
+GpaRange Share(GpaRange memory, uint32_t stream, uint32_t streams) {
+  const uint64_t per = memory.pages / streams, extra = memory.pages % streams;
+  const uint64_t first = stream * per + std::min<uint64_t>(stream, extra);
+  return {memory.base + first * kPageSize, per + (stream < extra ? 1 : 0)};
+}
+
+Result<SessionId> ReadId(ByteReader& r) {
+  auto b = r.Bytes(16);
+  if (!r.ok())
+    return Status(Code::kInvalidArgument, "missing snapshot session id");
+  SessionId id;
+  std::memcpy(id.data(), b.data(), 16);
+  return id;
+}
+
+// Checks a host-supplied ring against the shared memory.
+Result<std::array<uint8_t*, 2>> MapRing(CallContext& ctx, ByteReader& r,
+                                        uint64_t* payload) {
+  const uint64_t off = r.Int<uint64_t>(), buf = r.Int<uint64_t>();
+  auto shared = ctx.shared_memory();
+  if (!r.ok() || off % 64 != 0 || buf % 64 != 0 || buf < MinRingBuffer() ||
+      off > shared.size() || 2 * buf > shared.size() - off)
+    return Status(Code::kInvalidArgument,
+                  "snapshot ring outside the shared memory");
+  *payload = buf - sizeof(RingHead);
+  return std::array<uint8_t*, 2>{shared.data() + off,
+                                 shared.data() + off + buf};
+}
+
+RingHead* Head(uint8_t* b) { return reinterpret_cast<RingHead*>(b); }
+
+class SnapshotModule final : public Module {
+ public:
+  std::string_view name() const override { return kModule; }
+  std::vector<std::string> procedures() const override {
+    return {"begin",        "extract", "finish",
+            "insert_begin", "insert",  "insert_finish"};
+  }
+  Isolation isolation() const override { return Isolation::kPlain; }
+
+  Status Run(CallContext& ctx) override {
+    const std::string_view p = ctx.procedure();
+    if (p == "begin") return Begin(ctx);
+    if (p == "extract") return Extract(ctx);
+    if (p == "finish") return Finish(ctx);
+    if (p == "insert_begin") return InsertBegin(ctx);
+    if (p == "insert") return Insert(ctx);
+    if (p == "insert_finish") return InsertFinish(ctx);
+    return Status(Code::kNotFound,
+                  fmt::format("snapshot has no procedure '{}'", p));
+  }
+
+ private:
+  Status Begin(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    const uint32_t streams = r.Int<uint32_t>();
+    const uint64_t serial = r.Int<uint64_t>();
+    if (!r.done() || streams == 0 || streams > 64)
+      return Status(Code::kInvalidArgument,
+                    "snapshot.begin wants 1..64 streams");
+    GuestPlatform& p = ctx.platform();
+    SessionId id;
+    RAND_bytes(id.data(), id.size());  // a fresh key and IV space per snapshot
+    auto s = std::make_shared<ExportSession>();
+    CPC_ASSIGN_OR_RETURN(s->key, SnapshotKey(p, id));
+    CPC_ASSIGN_OR_RETURN(const AeadEngine* engine, FindAeadEngine());
+    SenderOptions so;
+    so.streams = streams;
+    so.vcpu_count = p.vcpu_count();
+    CPC_ASSIGN_OR_RETURN(s->sender,
+                         SenderSession::Create(*engine, s->key.span(), id, so));
+    s->memory = p.GuestOsMemory();
+    s->manifest = {serial, s->memory.pages, p.vcpu_count(), streams,
+                   ctx.identity().measurement};
+    std::vector<uint8_t> out(id.begin(), id.end());
+    ByteWriter w(&out);
+    w.Int<uint64_t>(s->memory.pages);
+    w.Int<uint32_t>(p.vcpu_count());
+    w.Bytes(ctx.identity().measurement);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      exports_[id] = std::move(s);
+    }
+    ctx.SetOutput(std::move(out));
+    return Status::Ok();
+  }
+
+  Result<std::shared_ptr<ExportSession>> FindExport(const SessionId& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = exports_.find(id);
+    if (it == exports_.end())
+      return Status(Code::kNotFound, "no such snapshot session in this CVM");
+    return it->second;
+  }
+
+  Status Extract(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    const uint32_t stream = r.Int<uint32_t>();
+    uint64_t payload = 0;
+    CPC_ASSIGN_OR_RETURN(auto bufs, MapRing(ctx, r, &payload));
+    CPC_ASSIGN_OR_RETURN(auto s, FindExport(id));
+    if (!r.done() || stream >= s->manifest.streams)
+      return Status(Code::kInvalidArgument, "bad snapshot.extract arguments");
+    StreamSender& tx = s->sender->stream(stream);
+    GuestPlatform& p = ctx.platform();
+    const GpaRange share = Share(s->memory, stream, s->manifest.streams);
+    ctx.SetWorkSize(share.pages * kPageSize);
+
+    std::vector<PageRef> pages(share.pages);
+    for (uint64_t i = 0; i < share.pages; ++i)
+      pages[i] = {share.base + i * kPageSize, 0};
+    std::vector<uint32_t> vcpus;
+    if (stream == 0)
+      for (uint32_t v = 0; v < p.vcpu_count(); ++v) vcpus.push_back(v);
+
+    int cur = 0;
+    size_t done_pages = 0, done_vcpus = 0;
+    for (;;) {
+      RingHead* h = Head(bufs[cur]);
+      if (h->state.load(std::memory_order_acquire) != kFree)
+        return Status(Code::kFailedPrecondition,
+                      "host resumed before draining the ring");
+      std::span<uint8_t> out(bufs[cur] + sizeof(RingHead), payload);
+      size_t used = 0;
+      if (done_vcpus < vcpus.size()) {
+        ExportProgress ep;
+        CPC_RETURN_IF_ERROR(ExportVcpuStates(
+            tx, p, std::span(vcpus).subspan(done_vcpus), out, &ctx, &ep));
+        done_vcpus += ep.pages;
+        used += ep.bytes;
+      }
+      if (done_vcpus == vcpus.size() && done_pages < pages.size()) {
+        ExportProgress ep;
+        CPC_RETURN_IF_ERROR(ExportMemory(tx, p,
+                                         std::span(pages).subspan(done_pages),
+                                         out.subspan(used), &ctx, &ep));
+        done_pages += ep.pages;
+        used += ep.bytes;
+      }
+      const bool all = done_vcpus == vcpus.size() && done_pages == pages.size();
+      // Stream 0 ends with the epoch and start tokens (finish), the others
+      // with an End record.
+      if (all && stream != 0) {
+        CPC_ASSIGN_OR_RETURN(size_t n, tx.SealEnd(out.subspan(used)));
+        used += n;
+      }
+      h->len = used;
+      h->flags = all ? kEndOfStream : 0;
+      h->state.store(kFull, std::memory_order_release);
+      if (all) return Status::Ok();
+      cur ^= 1;
+      CPC_RETURN_IF_ERROR(ctx.Yield());  // the host drains the full buffer
+    }
+  }
+
+  Status Finish(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    CPC_ASSIGN_OR_RETURN(auto s, FindExport(id));
+    std::vector<uint8_t> out(64 << 10);
+    CPC_ASSIGN_OR_RETURN(size_t a, s->sender->CloseEpoch(out));
+    CPC_ASSIGN_OR_RETURN(size_t b,
+                         s->sender->SealStart(std::span(out).subspan(a)));
+    out.resize(a + b);
+    ByteWriter w(&out);
+    (void)w;
+    CPC_RETURN_IF_ERROR(SealManifest(s->key.span(), id, s->manifest, &out));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      exports_.erase(id);  // the key is wiped with the session
+    }
+    ctx.SetOutput(std::move(out));
+    return Status::Ok();
+  }
+
+  Result<std::shared_ptr<ImportSession>> FindImport(const SessionId& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = imports_.find(id);
+    if (it == imports_.end())
+      return Status(Code::kNotFound, "no such restore session in this CVM");
+    return it->second;
+  }
+
+  Status InsertBegin(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    Manifest m;
+    m.streams = r.Int<uint32_t>();
+    m.pages = r.Int<uint64_t>();
+    m.vcpus = r.Int<uint32_t>();
+    auto meas = r.Bytes(32);
+    if (!r.done() || m.streams == 0 || m.streams > 64)
+      return Status(Code::kInvalidArgument,
+                    "bad snapshot.insert_begin arguments");
+    std::memcpy(m.measurement.data(), meas.data(), 32);
+    GuestPlatform& p = ctx.platform();
+    // The header is unauthenticated, but a snapshot of another image or
+    // policy deserves a clear error before its first record fails.
+    if (m.measurement != ctx.identity().measurement)
+      return Status(Code::kMeasurementMismatch,
+                    "the snapshot was taken from a CVM with another image or "
+                    "policy (measurement differs)");
+    if (m.pages != p.GuestOsMemory().pages || m.vcpus != p.vcpu_count())
+      return Status(
+          Code::kInvalidArgument,
+          fmt::format("snapshot of {} pages / {} vCPUs cannot restore into "
+                      "{} pages / {} vCPUs",
+                      m.pages, m.vcpus, p.GuestOsMemory().pages,
+                      p.vcpu_count()));
+    auto s = std::make_shared<ImportSession>();
+    s->expected = m;
+    CPC_ASSIGN_OR_RETURN(s->key, SnapshotKey(p, id));
+    CPC_ASSIGN_OR_RETURN(const AeadEngine* engine, FindAeadEngine());
+    ReceiverOptions ro;
+    ro.streams = m.streams;
+    ro.memory_bytes = p.memory_bytes();
+    ro.vcpu_count = m.vcpus;
+    CPC_ASSIGN_OR_RETURN(s->receiver,
+                         Receiver::Create(*engine, s->key.span(), id, ro));
+    std::lock_guard<std::mutex> lock(mu_);
+    imports_[id] = std::move(s);
+    return Status::Ok();
+  }
+
+  Status Insert(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    const uint32_t stream = r.Int<uint32_t>();
+    uint64_t payload = 0;
+    CPC_ASSIGN_OR_RETURN(auto bufs, MapRing(ctx, r, &payload));
+    CPC_ASSIGN_OR_RETURN(auto s, FindImport(id));
+    if (!r.done() || stream >= s->expected.streams)
+      return Status(Code::kInvalidArgument, "bad snapshot.insert arguments");
+    ctx.SetWorkSize(
+        Share({0, s->expected.pages}, stream, s->expected.streams).pages *
+        kPageSize);
+    ReceiverStream& rx = s->receiver->stream(stream);
+    int cur = 0;
+    for (;;) {
+      RingHead* h = Head(bufs[cur]);
+      if (h->state.load(std::memory_order_acquire) != kFull) {
+        CPC_RETURN_IF_ERROR(ctx.Yield());  // wait for the host to fill it
+        continue;
+      }
+      const uint64_t len = h->len;
+      const bool eos = (h->flags & kEndOfStream) != 0;
+      if (len > payload)
+        return Status(Code::kRecordMalformed, "ring length too large");
+      ImportProgress ip;
+      Status st = ImportRecords(
+          rx, ctx.platform(),
+          std::span<const uint8_t>(bufs[cur] + sizeof(RingHead), len), &ctx,
+          &ip);
+      s->pages += ip.pages;
+      s->vcpus += static_cast<uint32_t>(ip.vcpus);
+      CPC_RETURN_IF_ERROR(st);
+      h->state.store(kFree, std::memory_order_release);
+      if (eos) {
+        if (stream != 0 && !rx.ended())
+          return Status(
+              Code::kDataLoss,
+              fmt::format("snapshot stream {} ended without its end record",
+                          stream));
+        return Status::Ok();
+      }
+      cur ^= 1;
+    }
+  }
+
+  Status InsertFinish(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    CPC_ASSIGN_OR_RETURN(auto s, FindImport(id));
+    auto rest = r.rest();
+    if (rest.size() < kManifestSealed)
+      return Status(Code::kDataLoss, "snapshot final block truncated");
+    const auto tokens = rest.first(rest.size() - kManifestSealed);
+    const auto sealed = rest.last(kManifestSealed);
+    CPC_RETURN_IF_ERROR(
+        ImportRecords(s->receiver->stream(0), ctx.platform(), tokens, &ctx));
+    if (!s->receiver->started())
+      return Status(Code::kIncomplete, "snapshot has no valid start token");
+    CPC_ASSIGN_OR_RETURN(Manifest m, OpenManifest(s->key.span(), id, sealed));
+    const Manifest& e = s->expected;
+    if (m.pages != e.pages || m.vcpus != e.vcpus || m.streams != e.streams ||
+        m.measurement != e.measurement)
+      return Status(Code::kDataLoss,
+                    "snapshot manifest disagrees with its header");
+    if (s->pages.load() != m.pages || s->vcpus.load() != m.vcpus)
+      return Status(
+          Code::kIncomplete,
+          fmt::format("restored {} of {} pages and {} of {} vCPU states",
+                      s->pages.load(), m.pages, s->vcpus.load(), m.vcpus));
+    std::vector<uint8_t> out;
+    ByteWriter(&out).Int<uint64_t>(m.serial);
+    ctx.SetOutput(std::move(out));
+    std::lock_guard<std::mutex> lock(mu_);
+    imports_.erase(id);
+    return Status::Ok();
+  }
+
+  std::mutex mu_;
+  std::map<SessionId, std::shared_ptr<ExportSession>> exports_;
+  std::map<SessionId, std::shared_ptr<ImportSession>> imports_;
+};
+
+}  // namespace
+}  // namespace snap
+
+std::unique_ptr<Module> MakeSnapshotModule() {
+  return std::make_unique<snap::SnapshotModule>();
+}
+
+CPC_NAMESPACE_END

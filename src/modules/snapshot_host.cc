@@ -1,0 +1,768 @@
+// The host side of CPC-Snapshot (include/cpc/snapshot.h). The file:
+//   header (4 KiB, plaintext): magic "CPCSNAP1", u32 version, u32 header
+//     bytes, session id[16], u64 serial, measurement[32], u64 pages,
+//     u32 vcpus, u32 streams, u32 launch-config bytes, launch config
+//   chunks: u16 stream, u16 flags (1 = end of stream), u32 length, records
+//   final chunk: stream 0xFFFF: epoch token, start token, sealed manifest
+// Everything after the header is ciphertext produced inside the CVM.
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <fcntl.h>
+#include <mutex>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <thread>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cpc/snapshot.h>
+
+#include "core/bytes.h"
+#include "core/log.h"
+#include "emulator/launch.h"
+#include "modules/snapshot.h"
+
+CPC_NAMESPACE_BEGIN
+
+namespace {
+using snap::kEndOfStream;
+using snap::kFree;
+using snap::kFull;
+using snap::RingHead;
+using snap::SessionId;
+
+constexpr char kMagic[8] = {'C', 'P', 'C', 'S', 'N', 'A', 'P', '1'};
+constexpr uint32_t kFileVersion = 1;
+constexpr size_t kHeaderBytes = 4096;
+constexpr uint16_t kFinalStream = 0xFFFF;
+constexpr uint64_t kRingBuffer = 1 << 20;  // per buffer; two per stream
+
+Status Errno(std::string_view what) {
+  const int e = errno;
+  return Status(Code::kIoError, fmt::format("{}: {}", what, std::strerror(e)),
+                e);
+}
+
+Status WriteAll(int fd, const void* p, size_t n) {
+  const auto* b = static_cast<const uint8_t*>(p);
+  while (n > 0) {
+    ssize_t w = ::write(fd, b, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Errno("write snapshot");
+    b += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+// Reads exactly n bytes; kDataLoss at a premature end of file.
+Status ReadAll(int fd, void* p, size_t n) {
+  auto* b = static_cast<uint8_t*>(p);
+  while (n > 0) {
+    ssize_t r = ::read(fd, b, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Errno("read snapshot");
+    if (r == 0) return Status(Code::kDataLoss, "snapshot file is truncated");
+    b += r;
+    n -= static_cast<size_t>(r);
+  }
+  return Status::Ok();
+}
+
+struct Header {
+  SessionId id{};
+  uint64_t serial = 0;
+  Digest measurement{};
+  uint64_t pages = 0;
+  uint32_t vcpus = 0;
+  uint32_t streams = 0;
+  LaunchConfig launch;
+
+  std::vector<uint8_t> Encode() const {
+    std::vector<uint8_t> out(kMagic, kMagic + 8);
+    ByteWriter w(&out);
+    w.Int<uint32_t>(kFileVersion);
+    w.Int<uint32_t>(kHeaderBytes);
+    w.Bytes(id);
+    w.Int<uint64_t>(serial);
+    w.Bytes(measurement);
+    w.Int<uint64_t>(pages);
+    w.Int<uint32_t>(vcpus);
+    w.Int<uint32_t>(streams);
+    emu::LaunchParams lp;
+    lp.config = launch;
+    auto blob = lp.Encode();
+    w.Int<uint32_t>(static_cast<uint32_t>(blob.size()));
+    w.Bytes(blob);
+    out.resize(kHeaderBytes);
+    return out;
+  }
+
+  static Result<Header> Decode(std::span<const uint8_t> b) {
+    if (b.size() != kHeaderBytes || std::memcmp(b.data(), kMagic, 8) != 0)
+      return Status(Code::kRecordMalformed, "not a libcpc snapshot file");
+    ByteReader r(b.subspan(8));
+    Header h;
+    const uint32_t version = r.Int<uint32_t>();
+    const uint32_t hbytes = r.Int<uint32_t>();
+    if (version != kFileVersion || hbytes != kHeaderBytes)
+      return Status(
+          Code::kRecordMalformed,
+          fmt::format("snapshot file version {} is not supported", version));
+    auto id = r.Bytes(16);
+    h.serial = r.Int<uint64_t>();
+    auto meas = r.Bytes(32);
+    h.pages = r.Int<uint64_t>();
+    h.vcpus = r.Int<uint32_t>();
+    h.streams = r.Int<uint32_t>();
+    const uint32_t blob = r.Int<uint32_t>();
+    auto lp = r.Bytes(blob);
+    if (!r.ok() || h.streams == 0 || h.streams > 64)
+      return Status(Code::kRecordMalformed, "snapshot header is corrupt");
+    std::memcpy(h.id.data(), id.data(), 16);
+    std::memcpy(h.measurement.data(), meas.data(), 32);
+    CPC_ASSIGN_OR_RETURN(auto params, emu::LaunchParams::Decode(lp));
+    h.launch = std::move(params.config);
+    return h;
+  }
+};
+
+// One stream's two ring buffers in the shared region.
+struct StreamRing {
+  uint64_t offset = 0;
+  std::array<uint8_t*, 2> buf{};
+  RingHead* head(int i) const { return reinterpret_cast<RingHead*>(buf[i]); }
+  uint8_t* payload(int i) const { return buf[i] + sizeof(RingHead); }
+};
+
+Result<std::vector<StreamRing>> LayOutRings(Backend& b, CvmHandle cvm,
+                                            uint32_t streams) {
+  CPC_ASSIGN_OR_RETURN(SharedRegion shared, b.MapSharedRegion(cvm));
+  if (2 * kRingBuffer * streams > shared.size)
+    return Status(
+        Code::kResourceExhausted,
+        fmt::format("the shared region ({} MiB) cannot hold rings for {} "
+                    "streams; launch with option shared_mib >= {}",
+                    shared.size >> 20, streams, 2 * streams + 1));
+  std::vector<StreamRing> rings(streams);
+  for (uint32_t i = 0; i < streams; ++i) {
+    rings[i].offset = 2 * kRingBuffer * i;
+    for (int k = 0; k < 2; ++k) {
+      rings[i].buf[k] = shared.base + rings[i].offset + k * kRingBuffer;
+      rings[i].head(k)->state.store(kFree);
+      rings[i].head(k)->len = 0;
+      rings[i].head(k)->flags = 0;
+    }
+  }
+  return rings;
+}
+
+std::vector<uint8_t> RingArgs(const SessionId& id, uint32_t stream,
+                              const StreamRing& ring) {
+  std::vector<uint8_t> a(id.begin(), id.end());
+  ByteWriter w(&a);
+  w.Int<uint32_t>(stream);
+  w.Int<uint64_t>(ring.offset);
+  w.Int<uint64_t>(kRingBuffer);
+  return a;
+}
+
+struct Tokens {
+  std::vector<uint8_t> begin, finish;
+  std::vector<std::vector<uint8_t>> streams;
+};
+
+// All tokens first: the guest's agent cannot answer once the guest is paused.
+Result<Tokens> GetTokens(Backend& b, CvmHandle cvm, std::string_view first,
+                         std::string_view each, std::string_view last,
+                         uint32_t streams, uint64_t bytes) {
+  Tokens t;
+  // Every token asks the same budget so one policy line covers the module.
+  CPC_ASSIGN_OR_RETURN(
+      t.begin,
+      b.RequestToken(cvm, {snap::kModule, std::string(first), {bytes, 0}}));
+  for (uint32_t i = 0; i < streams; ++i) {
+    CPC_ASSIGN_OR_RETURN(
+        auto tok,
+        b.RequestToken(cvm, {snap::kModule, std::string(each), {bytes, 0}}));
+    t.streams.push_back(std::move(tok));
+  }
+  CPC_ASSIGN_OR_RETURN(
+      t.finish,
+      b.RequestToken(cvm, {snap::kModule, std::string(last), {bytes, 0}}));
+  return t;
+}
+
+HvcpuEntry Entry(std::string procedure, std::vector<uint8_t> token,
+                 std::vector<uint8_t> args, Duration slice) {
+  HvcpuEntry e;
+  e.module = snap::kModule;
+  e.procedure = std::move(procedure);
+  e.token = std::move(token);
+  e.args = std::move(args);
+  e.slice = slice;
+  return e;
+}
+
+Result<std::vector<uint8_t>> RunOnce(Backend& b, CvmHandle cvm, uint32_t hv,
+                                     HvcpuEntry e, const AbortPolicy& abort) {
+  CPC_ASSIGN_OR_RETURN(
+      CallOutcome out,
+      DriveCall(
+          [&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, hv, x); }, e,
+          abort));
+  CPC_RETURN_IF_ERROR(
+      out.status.WithContext(fmt::format("snapshot.{}", e.procedure)));
+  return out.output;
+}
+
+// Appends chunks to the file from a thread of its own, so the hvCPU fills
+// one ring buffer while the other is being written (straight from shared
+// memory: writev, no copy here).
+class ChunkWriter {
+ public:
+  explicit ChunkWriter(int fd) : fd_(fd), thread_([this] { Main(); }) {}
+  ~ChunkWriter() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      cv_.notify_all();
+    }
+    thread_.join();
+  }
+  void Submit(uint16_t stream, RingHead* head, const uint8_t* data) {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back({stream, head, data});
+    cv_.notify_all();
+  }
+  // Waits until `head` was written out (its state is free again).
+  Status WaitFree(RingHead* head) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock,
+             [&] { return head->state.load() == kFree || !status_.ok(); });
+    return status_;
+  }
+  Status Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return (queue_.empty() && !busy_) || !status_.ok(); });
+    return status_;
+  }
+  uint64_t bytes() const { return bytes_.load(); }
+
+ private:
+  struct Job {
+    uint16_t stream;
+    RingHead* head;
+    const uint8_t* data;
+  };
+  void Main() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      Job j = queue_.front();
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      uint8_t hdr[8];
+      StoreLe<uint16_t>(hdr, j.stream);
+      StoreLe<uint16_t>(hdr + 2,
+                        static_cast<uint16_t>(j.head->flags & kEndOfStream));
+      StoreLe<uint32_t>(hdr + 4, static_cast<uint32_t>(j.head->len));
+      iovec iov[2] = {{hdr, 8}, {const_cast<uint8_t*>(j.data), j.head->len}};
+      Status s;
+      size_t want = 8 + j.head->len, done = 0;
+      while (done < want) {
+        ssize_t w = ::writev(fd_, iov, 2);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+          s = Errno("write snapshot");
+          break;
+        }
+        done += static_cast<size_t>(w);
+        // Advance the iovecs past what was written.
+        size_t adv = static_cast<size_t>(w);
+        for (auto& v : iov) {
+          const size_t k = std::min(adv, v.iov_len);
+          v.iov_base = static_cast<uint8_t*>(v.iov_base) + k;
+          v.iov_len -= k;
+          adv -= k;
+        }
+      }
+      bytes_ += done;
+      lock.lock();
+      busy_ = false;
+      if (!s.ok() && status_.ok()) status_ = s;
+      j.head->state.store(kFree, std::memory_order_release);
+      cv_.notify_all();
+    }
+  }
+
+  int fd_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool busy_ = false;
+  bool stop_ = false;
+  Status status_;
+  std::atomic<uint64_t> bytes_{0};
+  std::thread thread_;
+};
+
+void Report(const SnapshotProgressFn& fn, std::mutex& mu, SnapshotStats& stats,
+            Clock::time_point t0, uint64_t add_bytes, uint64_t file_bytes) {
+  std::lock_guard<std::mutex> lock(mu);
+  stats.guest_bytes += add_bytes;
+  stats.file_bytes = file_bytes;
+  stats.elapsed = Clock::now() - t0;
+  const double s = std::chrono::duration<double>(stats.elapsed).count();
+  stats.rate_bytes_per_s = s > 0 ? stats.guest_bytes / s : 0;
+  if (fn) fn(stats);
+}
+
+}  // namespace
+
+Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
+                                   const std::string& path,
+                                   const SnapshotOptions& options,
+                                   const SnapshotProgressFn& progress) {
+  const auto t0 = Clock::now();
+  const uint32_t streams = static_cast<uint32_t>(options.hvcpus.size());
+  if (streams == 0 || streams > 64)
+    return Status(Code::kInvalidArgument, "a snapshot needs 1..64 hvCPUs");
+  for (uint32_t i = 0; i < streams; ++i)
+    for (uint32_t j = 0; j < i; ++j)
+      if (options.hvcpus[i] == options.hvcpus[j])
+        return Status(Code::kInvalidArgument,
+                      fmt::format("hvCPU {} listed twice: one stream per hvCPU",
+                                  options.hvcpus[i]));
+  if (options.launch.memory_bytes == 0)
+    return Status(Code::kInvalidArgument,
+                  "SnapshotOptions.launch must describe the CVM (memory_bytes, "
+                  "policy, ...) so the snapshot can be restored");
+  CPC_ASSIGN_OR_RETURN(auto rings, LayOutRings(backend, cvm, streams));
+  CPC_ASSIGN_OR_RETURN(Tokens tokens,
+                       GetTokens(backend, cvm, "begin", "extract", "finish",
+                                 streams, options.launch.memory_bytes));
+  const std::string tmp = path + ".partial";
+  const int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno(fmt::format("create {}", tmp));
+
+  SnapshotStats stats;
+  stats.streams = streams;
+  std::mutex stats_mu;
+  Clock::time_point paused_at;
+  bool paused = false;
+  // Whatever happens, the source CVM keeps running and no partial file stays.
+  auto fail = [&](Status s) -> Status {
+    if (paused && options.resume) (void)backend.ResumeGuest(cvm);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return s;
+  };
+
+  Status st = backend.PauseGuest(cvm);
+  if (!st.ok()) return fail(st);
+  paused = true;
+  paused_at = Clock::now();
+
+  std::vector<uint8_t> begin_args;
+  ByteWriter(&begin_args).Int<uint32_t>(streams);
+  const uint64_t serial =
+      options.serial != 0
+          ? options.serial
+          : static_cast<uint64_t>(
+                std::chrono::system_clock::now().time_since_epoch().count());
+  ByteWriter(&begin_args).Int<uint64_t>(serial);
+  auto begun = RunOnce(backend, cvm, options.hvcpus[0],
+                       Entry("begin", tokens.begin, begin_args, options.slice),
+                       options.abort);
+  if (!begun.ok()) return fail(begun.status());
+  Header h;
+  {
+    ByteReader r(*begun);
+    auto id = r.Bytes(16);
+    h.pages = r.Int<uint64_t>();
+    h.vcpus = r.Int<uint32_t>();
+    auto meas = r.Bytes(32);
+    if (!r.done())
+      return fail(Status(Code::kInternal, "bad snapshot.begin output"));
+    std::memcpy(h.id.data(), id.data(), 16);
+    std::memcpy(h.measurement.data(), meas.data(), 32);
+  }
+  h.serial = serial;
+  h.streams = streams;
+  h.launch = options.launch;
+  stats.pages = h.pages;
+  stats.vcpus = h.vcpus;
+  stats.total_guest_bytes = h.pages * kPageSize;
+  auto hdr = h.Encode();
+  st = WriteAll(fd, hdr.data(), hdr.size());
+  if (!st.ok()) return fail(st);
+
+  std::vector<Status> results(streams);
+  {
+    ChunkWriter writer(fd);
+    std::vector<std::thread> drivers;
+    for (uint32_t i = 0; i < streams; ++i) {
+      drivers.emplace_back([&, i] {
+        const StreamRing& ring = rings[i];
+        int next = 0;  // the buffer the module publishes next
+        std::array<bool, 2> queued{false, false};
+        uint64_t reported = 0;
+        auto collect = [&]() -> Status {
+          // Hand every newly filled buffer to the writer, once, in order...
+          while (!queued[next] && ring.head(next)->state.load(
+                                      std::memory_order_acquire) == kFull) {
+            writer.Submit(static_cast<uint16_t>(i), ring.head(next),
+                          ring.payload(next));
+            queued[next] = true;
+            next ^= 1;
+          }
+          // ...and resume only once the buffer the module fills next is free.
+          Status s = writer.WaitFree(ring.head(next));
+          queued[next] = false;
+          return s;
+        };
+        auto out = DriveCallWith(
+            [&](const HvcpuEntry& x) {
+              return backend.ScheduleHvcpu(cvm, options.hvcpus[i], x);
+            },
+            Entry("extract", tokens.streams[i], RingArgs(h.id, i, ring),
+                  options.slice),
+            options.abort,
+            [&](const HvcpuExit& exit, const CallStats&) {
+              Status s = collect();
+              Report(progress, stats_mu, stats, t0,
+                     exit.progress.bytes_done - reported, writer.bytes());
+              reported = exit.progress.bytes_done;
+              return s;
+            });
+        Status s = out.ok() ? out->status : out.status();
+        if (s.ok()) s = collect();
+        if (out.ok())
+          Report(progress, stats_mu, stats, t0, out->stats.bytes - reported,
+                 writer.bytes());
+        results[i] = s.WithContext(fmt::format("stream {}", i));
+      });
+    }
+    for (auto& d : drivers) d.join();
+    Status ws = writer.Drain();
+    if (!ws.ok()) return fail(ws);
+    stats.file_bytes = writer.bytes() + kHeaderBytes;
+  }
+  for (const Status& s : results)
+    if (!s.ok()) return fail(s);
+
+  std::vector<uint8_t> finish_args(h.id.begin(), h.id.end());
+  auto final_block =
+      RunOnce(backend, cvm, options.hvcpus[0],
+              Entry("finish", tokens.finish, finish_args, options.slice),
+              options.abort);
+  if (!final_block.ok()) return fail(final_block.status());
+  uint8_t chdr[8];
+  StoreLe<uint16_t>(chdr, kFinalStream);
+  StoreLe<uint16_t>(chdr + 2, 0);
+  StoreLe<uint32_t>(chdr + 4, static_cast<uint32_t>(final_block->size()));
+  st = WriteAll(fd, chdr, 8);
+  if (st.ok()) st = WriteAll(fd, final_block->data(), final_block->size());
+  if (!st.ok()) return fail(st);
+  stats.file_bytes += 8 + final_block->size();
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    Status e = Errno("close snapshot");
+    ::unlink(tmp.c_str());
+    if (options.resume) (void)backend.ResumeGuest(cvm);
+    return e;
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    Status e = Errno(fmt::format("rename to {}", path));
+    ::unlink(tmp.c_str());
+    if (options.resume) (void)backend.ResumeGuest(cvm);
+    return e;
+  }
+  stats.paused = Clock::now() - paused_at;
+  if (options.resume) {
+    CPC_RETURN_IF_ERROR(backend.ResumeGuest(cvm));
+    stats.paused = Clock::now() - paused_at;
+  }
+  stats.elapsed = Clock::now() - t0;
+  stats.guest_bytes = stats.total_guest_bytes;
+  const double secs = std::chrono::duration<double>(stats.elapsed).count();
+  stats.rate_bytes_per_s = secs > 0 ? stats.guest_bytes / secs : 0;
+  if (progress) progress(stats);
+  return stats;
+}
+
+Result<SnapshotInfo> ReadSnapshotInfo(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno(fmt::format("open {}", path));
+  std::vector<uint8_t> b(kHeaderBytes);
+  Status s = ReadAll(fd, b.data(), b.size());
+  ::close(fd);
+  if (!s.ok())
+    return s.code() == Code::kDataLoss
+               ? Status(Code::kRecordMalformed, "not a libcpc snapshot file")
+               : s;
+  CPC_ASSIGN_OR_RETURN(Header h, Header::Decode(b));
+  SnapshotInfo info;
+  info.version = kFileVersion;
+  info.serial = h.serial;
+  info.measurement = h.measurement;
+  info.pages = h.pages;
+  info.vcpus = h.vcpus;
+  info.streams = h.streams;
+  info.launch = std::move(h.launch);
+  return info;
+}
+
+namespace {
+
+// Restores into a launched, paused CVM. Every error leaves it to the caller
+// to destroy the CVM.
+Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
+                   const Tokens& tokens, const std::vector<uint32_t>& hvcpus,
+                   const RestoreOptions& options,
+                   const SnapshotProgressFn& progress, SnapshotStats& stats,
+                   Clock::time_point t0) {
+  CPC_ASSIGN_OR_RETURN(auto rings, LayOutRings(backend, cvm, h.streams));
+  std::vector<uint8_t> args(h.id.begin(), h.id.end());
+  ByteWriter w(&args);
+  w.Int<uint32_t>(h.streams);
+  w.Int<uint64_t>(h.pages);
+  w.Int<uint32_t>(h.vcpus);
+  w.Bytes(h.measurement);
+  CPC_RETURN_IF_ERROR(
+      RunOnce(backend, cvm, hvcpus[0],
+              Entry("insert_begin", tokens.begin, args, options.slice),
+              options.abort)
+          .status());
+
+  // The reader fills each stream's buffers in order from the file, reading
+  // straight into shared memory; stream drivers run the hvCPUs.
+  std::mutex mu;
+  std::condition_variable cv;
+  Status reader_status;
+  bool reader_done = false;
+  std::vector<uint8_t> final_block;
+  std::mutex stats_mu;
+  uint64_t file_bytes = kHeaderBytes;
+  std::vector<int> fill(h.streams, 0);
+  std::atomic<bool> stop{false};
+
+  std::thread reader([&] {
+    Status s;
+    std::vector<bool> ended(h.streams, false);
+    for (;;) {
+      uint8_t ch[8];
+      s = ReadAll(fd, ch, 8);
+      if (!s.ok()) break;
+      const uint16_t stream = LoadLe<uint16_t>(ch);
+      const uint16_t flags = LoadLe<uint16_t>(ch + 2);
+      const uint32_t len = LoadLe<uint32_t>(ch + 4);
+      if (stream == kFinalStream) {
+        if (len > (1u << 20)) {
+          s = Status(Code::kRecordMalformed, "snapshot final block too large");
+          break;
+        }
+        final_block.resize(len);
+        s = ReadAll(fd, final_block.data(), len);
+        file_bytes += 8 + len;
+        break;
+      }
+      if (stream >= h.streams || len > kRingBuffer - sizeof(RingHead) ||
+          ended[stream]) {
+        s = Status(
+            Code::kRecordMalformed,
+            fmt::format("snapshot chunk for stream {} is malformed", stream));
+        break;
+      }
+      const StreamRing& ring = rings[stream];
+      const int k = fill[stream];
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        // The module frees buffers without telling the host: poll briefly.
+        while (!(ring.head(k)->state.load() == kFree || stop.load()))
+          cv.wait_for(lock, std::chrono::microseconds(200));
+        if (stop) {
+          s = Status(Code::kCancelled, "restore stopped");
+          break;
+        }
+      }
+      s = ReadAll(fd, ring.payload(k), len);
+      if (!s.ok()) break;
+      file_bytes += 8 + len;
+      ring.head(k)->len = len;
+      ring.head(k)->flags = flags & kEndOfStream;
+      ring.head(k)->state.store(kFull, std::memory_order_release);
+      if (flags & kEndOfStream) ended[stream] = true;
+      fill[stream] ^= 1;
+      std::lock_guard<std::mutex> lock(mu);
+      cv.notify_all();
+    }
+    if (s.ok()) {
+      for (uint32_t i = 0; i < h.streams; ++i)
+        if (!ended[i])
+          s = Status(Code::kDataLoss,
+                     fmt::format("snapshot stream {} is truncated", i));
+      if (final_block.empty() && s.ok())
+        s = Status(Code::kDataLoss, "snapshot has no final block");
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    reader_status = s;
+    reader_done = true;
+    cv.notify_all();
+  });
+
+  std::vector<Status> results(h.streams);
+  std::vector<std::thread> drivers;
+  for (uint32_t i = 0; i < h.streams; ++i) {
+    drivers.emplace_back([&, i] {
+      const StreamRing& ring = rings[i];
+      const uint32_t hv = hvcpus[i % hvcpus.size()];
+      uint64_t reported = 0;
+      auto out = DriveCallWith(
+          [&](const HvcpuEntry& x) {
+            return backend.ScheduleHvcpu(cvm, hv, x);
+          },
+          Entry("insert", tokens.streams[i], RingArgs(h.id, i, ring),
+                options.slice),
+          options.abort,
+          [&](const HvcpuExit& exit, const CallStats&) -> Status {
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              cv.notify_all();  // buffers the module freed
+            }
+            // Wait for data (the module yields when its next buffer is empty).
+            std::unique_lock<std::mutex> lock(mu);
+            cv.wait(lock, [&] {
+              return ring.head(0)->state.load() == kFull ||
+                     ring.head(1)->state.load() == kFull || reader_done ||
+                     stop.load();
+            });
+            Status s = reader_done ? reader_status : Status::Ok();
+            const bool have = ring.head(0)->state.load() == kFull ||
+                              ring.head(1)->state.load() == kFull;
+            lock.unlock();
+            {
+              std::lock_guard<std::mutex> sl(stats_mu);
+              stats.guest_bytes += exit.progress.bytes_done - reported;
+              stats.file_bytes = file_bytes;
+              stats.elapsed = Clock::now() - t0;
+              const double secs =
+                  std::chrono::duration<double>(stats.elapsed).count();
+              stats.rate_bytes_per_s = secs > 0 ? stats.guest_bytes / secs : 0;
+              if (progress) progress(stats);
+            }
+            reported = exit.progress.bytes_done;
+            if (stop) return Status(Code::kCancelled, "another stream failed");
+            if (!have && !s.ok()) return s;
+            if (!have && reader_done)
+              return Status(Code::kDataLoss,
+                            fmt::format("snapshot stream {} is truncated", i));
+            return Status::Ok();
+          });
+      Status s = out.ok() ? out->status : out.status();
+      if (out.ok()) {
+        std::lock_guard<std::mutex> sl(stats_mu);
+        stats.guest_bytes += out->stats.bytes - reported;
+      }
+      if (!s.ok()) {
+        stop = true;
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+      results[i] = s.WithContext(fmt::format("stream {}", i));
+    });
+  }
+  for (auto& d : drivers) d.join();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    cv.notify_all();
+  }
+  reader.join();
+  for (const Status& s : results)
+    if (!s.ok()) {
+      // Prefer the file's own error (truncation) over its symptoms.
+      if (!reader_status.ok() && reader_status.code() != Code::kCancelled)
+        return reader_status;
+      return s;
+    }
+  CPC_RETURN_IF_ERROR(reader_status);
+  std::vector<uint8_t> fargs(h.id.begin(), h.id.end());
+  fargs.insert(fargs.end(), final_block.begin(), final_block.end());
+  CPC_RETURN_IF_ERROR(
+      RunOnce(backend, cvm, hvcpus[0],
+              Entry("insert_finish", tokens.finish, fargs, options.slice),
+              options.abort)
+          .status());
+  stats.file_bytes = file_bytes;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<RestoreResult> RestoreSnapshot(Backend& backend,
+                                      const LaunchConfig& launch,
+                                      const std::string& path,
+                                      const RestoreOptions& options,
+                                      const SnapshotProgressFn& progress) {
+  const auto t0 = Clock::now();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno(fmt::format("open {}", path));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::vector<uint8_t> hb(kHeaderBytes);
+  Status rs = ReadAll(fd, hb.data(), hb.size());
+  if (!rs.ok())
+    return rs.code() == Code::kDataLoss
+               ? Status(Code::kRecordMalformed, "not a libcpc snapshot file")
+               : rs;
+  CPC_ASSIGN_OR_RETURN(Header h, Header::Decode(hb));
+  std::vector<uint32_t> hvcpus;
+  for (const auto& hc : launch.hvcpus) hvcpus.push_back(hc.index);
+  if (hvcpus.empty())
+    return Status(Code::kInvalidArgument, "restore needs a CVM with hvCPUs");
+
+  RestoreResult result;
+  result.stats.pages = h.pages;
+  result.stats.vcpus = h.vcpus;
+  result.stats.streams = h.streams;
+  result.stats.total_guest_bytes = h.pages * kPageSize;
+  CPC_ASSIGN_OR_RETURN(CvmHandle cvm, backend.LaunchCvm(launch));
+  result.stats.launch = Clock::now() - t0;
+  // A failed restore leaves no half-built CVM behind.
+  auto fail = [&](Status s) -> Status {
+    (void)backend.DestroyCvm(cvm);
+    return s;
+  };
+  auto tokens = GetTokens(backend, cvm, "insert_begin", "insert",
+                          "insert_finish", h.streams, launch.memory_bytes);
+  if (!tokens.ok()) return fail(tokens.status());
+  if (options.before_pause) options.before_pause(cvm);
+  Status s = backend.PauseGuest(cvm);
+  if (!s.ok()) return fail(s);
+  s = RestoreInto(backend, cvm, fd, h, *tokens, hvcpus, options, progress,
+                  result.stats, t0);
+  if (!s.ok()) return fail(s);
+  if (options.resume) {
+    s = backend.ResumeGuest(cvm);
+    if (!s.ok()) return fail(s);
+  }
+  result.cvm = cvm;
+  result.stats.elapsed = Clock::now() - t0;
+  result.stats.guest_bytes = result.stats.total_guest_bytes;
+  const double secs =
+      std::chrono::duration<double>(result.stats.elapsed - result.stats.launch)
+          .count();
+  result.stats.rate_bytes_per_s =
+      secs > 0 ? result.stats.guest_bytes / secs : 0;
+  if (progress) progress(result.stats);
+  return result;
+}
+
+CPC_NAMESPACE_END

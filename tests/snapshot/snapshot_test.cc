@@ -1,0 +1,309 @@
+// CPC-Snapshot on every backend: round trip with a running workload and the
+// in-CVM equality proof; corrupt, truncated, reordered, foreign and
+// unauthorised snapshots refused with nothing half-restored; no plaintext.
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <cpc/policy.h>
+#include <cpc/registry.h>
+#include <cpc/snapshot.h>
+
+#include "conformance/canary.h"
+#include "emulator/host.h"
+#include "modules/audit.h"
+#include "test_util.h"
+
+using namespace cpc;
+using namespace std::chrono_literals;
+
+namespace {
+constexpr uint64_t kMem = 64ull << 20;
+
+TenantPolicy Policy(bool allow_snapshot = true) {
+  TenantPolicy p;
+  ModulePolicy audit{"audit",         {"digest"}, Isolation::kPlain,
+                     {1ull << 30, 0}, 0,          0};
+  ModulePolicy snap{
+      "snapshot",
+      {"begin", "extract", "finish", "insert_begin", "insert", "insert_finish"},
+      Isolation::kPlain,
+      {1ull << 30, 0},
+      0,
+      0};
+  p.modules = {audit};
+  if (allow_snapshot) p.modules.push_back(snap);
+  return p;
+}
+
+LaunchConfig Config(uint32_t hvcpus = 1, TenantPolicy policy = Policy()) {
+  LaunchConfig c;
+  c.memory_bytes = kMem;
+  c.gvcpus = 2;
+  for (uint32_t i = 0; i < hvcpus; ++i)
+    c.hvcpus.push_back({i, Isolation::kPlain});
+  c.policy = policy.Serialize();
+  c.options = {{"workload", "dirty"},
+               {"dirty_mib_s", "64"},
+               {"wss_mib", "8"},
+               {"canary_seed", "5eed5eed5eed5eed"}};
+  return c;
+}
+
+struct TempDir {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("cpc-snap-" + std::to_string(::getpid()));
+  TempDir() { std::filesystem::create_directories(dir); }
+  ~TempDir() { std::filesystem::remove_all(dir); }
+  std::string operator/(const std::string& f) const {
+    return (dir / f).string();
+  }
+};
+
+std::vector<std::unique_ptr<Backend>> Backends() {
+  std::vector<std::unique_ptr<Backend>> out;
+  for (const BackendFactory* f : BackendRegistry::Builtin().List()) {
+    auto b = f->Create({});
+    REQUIRE_OK(b);
+    out.push_back(std::move(b).value());
+  }
+  return out;
+}
+
+std::vector<uint8_t> MemDigest(Backend& b, CvmHandle cvm,
+                               std::vector<uint8_t> token) {
+  HvcpuEntry e;
+  e.module = "audit";
+  e.procedure = "digest";
+  e.token = std::move(token);
+  e.args = AuditArgs(0, (kMem - (2 << 20)) / kPageSize);
+  auto out =
+      DriveCall([&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, 0, x); },
+                e, AbortPolicy{});
+  REQUIRE_OK(out);
+  REQUIRE_OK(out->status);
+  return out->output;
+}
+
+std::vector<uint8_t> AuditToken(Backend& b, CvmHandle cvm) {
+  auto t = b.RequestToken(cvm, {"audit", "digest", {kMem, 0}});
+  REQUIRE_OK(t);
+  return *t;
+}
+
+// Takes a snapshot of a CVM whose workload ran a while; returns the digest
+// of its memory at pause time (measured inside the CVM).
+std::vector<uint8_t> Snap(Backend& b, CvmHandle cvm, const LaunchConfig& c,
+                          const std::string& path, uint32_t streams = 1) {
+  std::this_thread::sleep_for(30ms);
+  auto token = AuditToken(b, cvm);
+  SnapshotOptions o;
+  o.hvcpus.clear();
+  for (uint32_t i = 0; i < streams; ++i) o.hvcpus.push_back(i);
+  o.launch = c;
+  o.resume = false;
+  o.serial = 77;
+  int calls = 0;
+  auto st =
+      TakeSnapshot(b, cvm, path, o, [&](const SnapshotStats&) { ++calls; });
+  REQUIRE_OK(st);
+  REQUIRE(st->pages == (kMem - (2 << 20)) / kPageSize);
+  REQUIRE(st->vcpus == 2);
+  REQUIRE(st->file_bytes > st->pages * kPageSize);
+  REQUIRE(calls > 0);
+  auto d = MemDigest(b, cvm, token);
+  REQUIRE_OK(b.ResumeGuest(cvm));
+  return d;
+}
+
+uint64_t Running(Backend& b) {
+  // CVM processes still alive are children of this test process.
+  (void)b;
+  uint64_t n = 0;
+  for (auto& p : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream st(p.path() / "stat");
+    std::string line;
+    if (!std::getline(st, line)) continue;
+    auto rp = line.rfind(')');
+    if (rp == std::string::npos) continue;
+    std::istringstream in(line.substr(rp + 2));
+    std::string state;
+    long ppid = 0;
+    in >> state >> ppid;
+    if (ppid == ::getpid() && state != "Z") ++n;
+  }
+  return n;
+}
+}  // namespace
+
+TEST_CASE(
+    "snapshot: round trip with a running workload proves equal memory inside "
+    "the CVMs") {
+  TempDir tmp;
+  for (auto& b : Backends()) {
+    INFO(b->name());
+    for (uint32_t streams : {1u, 2u}) {
+      INFO(streams << " streams");
+      auto c = Config(streams);
+      auto src = b->LaunchCvm(c);
+      REQUIRE_OK(src);
+      const std::string path = tmp / ("s" + std::to_string(streams));
+      auto before = Snap(*b, *src, c, path, streams);
+
+      auto info = ReadSnapshotInfo(path);
+      REQUIRE_OK(info);
+      REQUIRE(info->serial == 77);
+      REQUIRE(info->streams == streams);
+      REQUIRE(info->launch.memory_bytes == kMem);
+
+      std::vector<uint8_t> token;
+      RestoreOptions ro;
+      ro.resume = false;
+      ro.before_pause = [&](CvmHandle h) { token = AuditToken(*b, h); };
+      auto restored = RestoreSnapshot(*b, info->launch, path, ro);
+      REQUIRE_OK(restored);
+      REQUIRE(restored->stats.pages == info->pages);
+      // Equality, proved inside the CVMs: digest at pause == after restore.
+      REQUIRE(MemDigest(*b, restored->cvm, token) == before);
+      // The restored guest carries on: its workload changes memory again.
+      REQUIRE_OK(b->ResumeGuest(restored->cvm));
+      REQUIRE_OK(b->ReadDirtyLog(restored->cvm, true));
+      std::this_thread::sleep_for(50ms);
+      REQUIRE(b->ReadDirtyLog(restored->cvm, true)->size() > 0);
+      // The source kept running too.
+      REQUIRE(b->ReadDirtyLog(*src, true)->size() > 0);
+      REQUIRE_OK(b->DestroyCvm(restored->cvm));
+      REQUIRE_OK(b->DestroyCvm(*src));
+    }
+  }
+}
+
+TEST_CASE(
+    "snapshot: the file never holds the guest's plaintext and the host never "
+    "sees it") {
+  TempDir tmp;
+  const std::array<uint8_t, 8> seed = {0x5e, 0xed, 0x5e, 0xed,
+                                       0x5e, 0xed, 0x5e, 0xed};
+  auto canary = cpc_test::MaskedCanary(seed);
+  for (auto& b : Backends()) {
+    auto c = Config();
+    auto src = b->LaunchCvm(c);
+    REQUIRE_OK(src);
+    Snap(*b, *src, c, tmp / "c");
+    std::ifstream f(tmp / "c", std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), {});
+    REQUIRE(bytes.size() > kMem / 2);
+    int hits = 0;
+    for (size_t i = 0; i + 32 <= bytes.size(); ++i)
+      hits += cpc_test::Matches(&bytes[i], canary);
+    REQUIRE(hits == 0);
+    std::fill(bytes.begin(), bytes.end(), 0);
+    REQUIRE(cpc_test::CountInProcessMemory(canary) == 0);
+    REQUIRE_OK(b->DestroyCvm(*src));
+  }
+}
+
+TEST_CASE(
+    "snapshot: corrupt, truncated, reordered and foreign snapshots are "
+    "refused") {
+  TempDir tmp;
+  for (auto& b : Backends()) {
+    auto c = Config();
+    auto src = b->LaunchCvm(c);
+    REQUIRE_OK(src);
+    const std::string good = tmp / "good";
+    Snap(*b, *src, c, good);
+    std::ifstream f(good, std::ios::binary);
+    const std::vector<uint8_t> orig((std::istreambuf_iterator<char>(f)), {});
+    auto variant = [&](const std::string& name, auto&& mutate) {
+      std::vector<uint8_t> v = orig;
+      mutate(v);
+      std::ofstream o(tmp / name, std::ios::binary);
+      o.write(reinterpret_cast<const char*>(v.data()),
+              static_cast<long>(v.size()));
+      return tmp / name;
+    };
+    const uint64_t children = Running(*b);
+    auto refused = [&](const std::string& path, LaunchConfig launch,
+                       std::initializer_list<Code> codes) {
+      auto r = RestoreSnapshot(*b, launch, path, RestoreOptions{});
+      REQUIRE_FALSE(r.ok());
+      INFO(r.status().ToString());
+      REQUIRE(std::find(codes.begin(), codes.end(), r.status().code()) !=
+              codes.end());
+      // No half-restored CVM is left running.
+      REQUIRE(Running(*b) == children);
+    };
+    // A bit flip in the middle of the ciphertext.
+    refused(variant("flip", [](auto& v) { v[v.size() / 2] ^= 0x10; }), c,
+            {Code::kAuthFailed, Code::kGpaMismatch, Code::kRecordMalformed});
+    // Truncated: half the file, and all but the final block.
+    refused(variant("half", [](auto& v) { v.resize(v.size() / 2); }), c,
+            {Code::kDataLoss});
+    refused(variant("nofinal", [](auto& v) { v.resize(v.size() - 200); }), c,
+            {Code::kDataLoss, Code::kRecordMalformed, Code::kRecordTruncated});
+    // Reordered: swap the first two chunks after the header.
+    refused(
+        variant(
+            "swap",
+            [](auto& v) {
+              const size_t a = 4096,
+                           la = 8 + (v[a + 4] | v[a + 5] << 8 | v[a + 6] << 16);
+              const size_t b2 = a + la, lb = 8 + (v[b2 + 4] | v[b2 + 5] << 8 |
+                                                  v[b2 + 6] << 16);
+              std::vector<uint8_t> first(v.begin() + a, v.begin() + b2);
+              std::vector<uint8_t> second(v.begin() + b2, v.begin() + b2 + lb);
+              std::copy(second.begin(), second.end(), v.begin() + a);
+              std::copy(first.begin(), first.end(), v.begin() + a + lb);
+            }),
+        c, {Code::kRecordOutOfOrder, Code::kRecordReplayed});
+    // Not a snapshot at all.
+    refused(variant("junk", [](auto& v) { v[0] = 'X'; }), c,
+            {Code::kRecordMalformed});
+    // Another CVM image/policy: its measurement differs, so its sealing key.
+    auto other = c;
+    auto pol = Policy();
+    pol.modules[0].per_call.bytes /= 2;
+    other.policy = pol.Serialize();
+    refused(good, other, {Code::kMeasurementMismatch});
+    // A lying header does not help: it can only fail authentication later.
+    REQUIRE_OK(b->DestroyCvm(*src));
+  }
+}
+
+TEST_CASE("snapshot: needs a token and stays within budget") {
+  TempDir tmp;
+  for (auto& b : Backends()) {
+    // The policy does not name the module: no token, no snapshot, and the
+    // source keeps running.
+    auto c = Config(1, Policy(false));
+    auto src = b->LaunchCvm(c);
+    REQUIRE_OK(src);
+    SnapshotOptions o;
+    o.launch = c;
+    auto r = TakeSnapshot(*b, *src, tmp / "x", o);
+    REQUIRE_CODE(r, Code::kNotFound);
+    REQUIRE_FALSE(std::filesystem::exists(tmp / "x"));
+    REQUIRE_FALSE(std::filesystem::exists(tmp / "x.partial"));
+    REQUIRE_OK(b->ReadDirtyLog(*src, true));
+    std::this_thread::sleep_for(30ms);
+    REQUIRE(b->ReadDirtyLog(*src, true)->size() > 0);
+    REQUIRE_OK(b->DestroyCvm(*src));
+    // Over budget: the policy grants less than the guest's memory per call.
+    auto small = Policy();
+    small.modules[1].per_call.bytes = kMem / 4;
+    c = Config(1, small);
+    src = b->LaunchCvm(c);
+    REQUIRE_OK(src);
+    o.launch = c;
+    r = TakeSnapshot(*b, *src, tmp / "y", o);
+    REQUIRE_CODE(r, Code::kTokenOverBudget);
+    REQUIRE_FALSE(std::filesystem::exists(tmp / "y.partial"));
+    REQUIRE(b->ReadDirtyLog(*src, true).ok());
+    REQUIRE_OK(b->DestroyCvm(*src));
+  }
+}
