@@ -2,7 +2,8 @@
 //   {"name", "value", "unit", "baseline", "baseline_value", "ratio", ...}
 // where ratio = value / baseline_value and the baseline ran in the same
 // process, interleaved repetition by repetition with the measured code (so
-// drift hits both alike). Diagnostics go to stderr.
+// drift hits both alike). Diagnostics go to stderr (every round's time too
+// with CPC_BENCH_VERBOSE=1).
 //
 //   cpc-bench [--list] [--mib N] [--reps N] [--cpu N] [--engine NAME]
 //             [--pages-per-record N] [--snapshot-mib N] [--streams N]
@@ -16,8 +17,11 @@
 // plaintext write() of the same number of guest bytes to the same filesystem
 // from a pre-faulted buffer in 1 MiB chunks (same open flags); restore is
 // timed against a plaintext read() of as many bytes. ratio = time / plaintext
-// time (lower is better). Both sides hit the page cache alike: every file is
-// unlinked after its round, nothing is dropped or fsynced.
+// time (lower is better). Both writers fsync() before close (TakeSnapshot
+// does); each written file is unlinked after its round and the filesystem
+// synced (syncfs, untimed) before the next round. Nothing is dropped
+// from the page cache: both restore inputs were just written and are read
+// from the cache alike.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -43,6 +47,8 @@
 #include <cpc/secret.h>
 #include <cpc/snapshot.h>
 
+#include "emulator/host.h"
+#include "emulator/launch.h"
 #include "operators/aead.h"
 #include "operators/operators.h"
 #include "operators/record_codec.h"
@@ -101,6 +107,12 @@ class Buffer {
   Buffer& operator=(const Buffer&) = delete;
   uint8_t* data() { return data_; }
   size_t size() const { return size_; }
+  // Touches every page again (untimed), in case the kernel reclaimed or
+  // split any of it while another variant ran (DAMON, THP splitting).
+  void Refault() {
+    for (size_t i = 0; i < size_; i += 4096)
+      reinterpret_cast<volatile uint8_t*>(data_)[i] = data_[i];
+  }
   std::span<uint8_t> span() { return {data_, size_}; }
 
   // Incompressible content (xorshift64*).
@@ -189,10 +201,14 @@ void Emit(const Row& r) {
 // timed rounds; returns each variant's median seconds.
 std::vector<double> Interleaved(
     int reps, const std::vector<std::function<double()>>& fns) {
+  static const bool verbose = std::getenv("CPC_BENCH_VERBOSE") != nullptr;
   std::vector<std::vector<double>> t(fns.size());
   for (int r = -1; r < reps; ++r)
     for (size_t i = 0; i < fns.size(); ++i) {
       double s = fns[i]();
+      if (verbose)
+        std::fprintf(stderr, "cpc-bench: round %d variant %zu: %.4f s\n", r, i,
+                     s);
       if (r >= 0) t[i].push_back(s);
     }
   std::vector<double> med;
@@ -451,8 +467,10 @@ cpc::Status Errno(std::string_view what, const std::string& path) {
                      e);
 }
 
-// write() of `bytes` from `buf` in 1 MiB chunks into a new file; seconds.
+// write() of `bytes` from `buf` in 1 MiB chunks into a new file, then
+// fsync() as TakeSnapshot does; seconds.
 double PlainWrite(const std::string& path, Buffer& buf, uint64_t bytes) {
+  buf.Refault();
   return Seconds([&] {
     int fd = ::open(path.c_str(), kWriteFlags, 0600);
     if (fd < 0) Die(Errno("open", path), "plaintext write");
@@ -462,12 +480,28 @@ double PlainWrite(const std::string& path, Buffer& buf, uint64_t bytes) {
       if (w <= 0) Die(Errno("write", path), "plaintext write");
       off += static_cast<uint64_t>(w);
     }
+    // TakeSnapshot fsyncs the file before it renames it into place.
+    if (::fsync(fd) != 0) Die(Errno("fsync", path), "plaintext write");
     if (::close(fd) != 0) Die(Errno("close", path), "plaintext write");
   });
 }
 
+// Unlinks a file and commits the filesystem (syncfs), untimed: freeing (and,
+// on a filesystem mounted with `discard`, discarding) the last round's file
+// must not land in the next round's fsync, whichever side that is.
+void RemoveAndSync(const std::string& path) {
+  const std::string dir = path.substr(0, path.rfind('/') + 1);
+  ::unlink(path.c_str());
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::syncfs(fd);
+    ::close(fd);
+  }
+}
+
 // read() of the whole file into `buf` in 1 MiB chunks; seconds.
 double PlainRead(const std::string& path, Buffer& buf, uint64_t bytes) {
+  buf.Refault();
   return Seconds([&] {
     int fd = ::open(path.c_str(), kReadFlags);
     if (fd < 0) Die(Errno("open", path), "plaintext read");
@@ -485,7 +519,7 @@ double PlainRead(const std::string& path, Buffer& buf, uint64_t bytes) {
 // one hvCPU per stream, a policy that allows the snapshot module.
 struct SnapshotBench {
   explicit SnapshotBench(const Options& o)
-      : opt(o), dir(BenchDir(o)), bytes(o.snapshot_mib << 20) {
+      : opt(o), dir(BenchDir(o)), memory_bytes(o.snapshot_mib << 20) {
     backend = Check(cpc::BackendRegistry::Builtin().Create("", {}), "backend");
     cpc::ModulePolicy snap;
     snap.module = "snapshot";
@@ -493,7 +527,7 @@ struct SnapshotBench {
                        "insert_begin", "insert",  "insert_finish"};
     cpc::TenantPolicy policy;
     policy.modules = {snap};
-    config.memory_bytes = bytes;
+    config.memory_bytes = memory_bytes;
     config.gvcpus = 2;
     for (uint32_t i = 0; i < o.streams; ++i)
       config.hvcpus.push_back({i, cpc::Isolation::kPlain});
@@ -502,6 +536,10 @@ struct SnapshotBench {
     launch_s = Seconds([&] {
       cvm = Check(backend->LaunchCvm(config), "launch the source CVM");
     });
+    // What a snapshot holds: guest-OS memory, [0, cpc_base).
+    bytes = memory_bytes - cpc::emu::kCpcRegionBytes;
+    if (auto* emu = dynamic_cast<cpc::emu::EmulatedBackend*>(backend.get()))
+      bytes = Check(emu->Info(cvm), "CVM info").cpc_base;
     options.hvcpus.clear();
     for (const auto& h : config.hvcpus) options.hvcpus.push_back(h.index);
     options.launch = config;
@@ -520,7 +558,8 @@ struct SnapshotBench {
 
   Options opt;
   std::string dir;
-  uint64_t bytes;
+  uint64_t memory_bytes;
+  uint64_t bytes = 0;  // guest bytes in a snapshot = plaintext bytes
   std::unique_ptr<cpc::Backend> backend;
   cpc::LaunchConfig config;
   cpc::CvmHandle cvm = 0;
@@ -542,12 +581,12 @@ void BenchSnapshot(const Options& o) {
                    "snapshot");
     });
     paused.push_back(std::chrono::duration<double>(last.paused).count());
-    ::unlink(snap_path.c_str());
+    RemoveAndSync(snap_path);
     return s;
   };
   auto plain_pass = [&] {
     double s = PlainWrite(plain_path, plain, b.bytes);
-    ::unlink(plain_path.c_str());
+    RemoveAndSync(plain_path);
     return s;
   };
   auto t = Interleaved(o.reps, {plain_pass, snapshot_pass});
@@ -563,6 +602,17 @@ void BenchSnapshot(const Options& o) {
          {"streams", static_cast<double>(last.streams)}}});
 }
 
+// Evicts a file's pages from the page cache (they are clean: both writers
+// fsynced), so the next read comes from the disk.
+void Evict(const std::string& path) {
+  int fd = ::open(path.c_str(), kReadFlags);
+  if (fd < 0) Die(Errno("open", path), "evict");
+  ::fdatasync(fd);
+  if (::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0)
+    Die(Errno("posix_fadvise", path), "evict");
+  ::close(fd);
+}
+
 void BenchRestore(const Options& o) {
   SnapshotBench b(o);
   const std::string snap_path = b.Path("snapshot"),
@@ -570,40 +620,49 @@ void BenchRestore(const Options& o) {
   Buffer plain(std::min<uint64_t>(b.bytes, 256ull << 20));
   plain.Randomize(7);
   // The inputs, untimed: one snapshot and a plaintext file of as many guest
-  // bytes, both just written (in the page cache alike).
+  // bytes, both written and fsynced the same way.
   Check(cpc::TakeSnapshot(*b.backend, b.cvm, snap_path, b.options), "snapshot");
   PlainWrite(plain_path, plain, b.bytes);
   auto info = Check(cpc::ReadSnapshotInfo(snap_path), "snapshot info");
-  std::vector<double> launch, total;
-  cpc::SnapshotStats last;
-  auto restore_pass = [&] {
-    cpc::RestoreResult r;
-    const double s = Seconds([&] {
-      r = Check(cpc::RestoreSnapshot(*b.backend, info.launch, snap_path, {}),
-                "restore");
-    });
-    Check(b.backend->DestroyCvm(r.cvm), "destroy the restored CVM");
-    last = r.stats;
-    const double l = std::chrono::duration<double>(r.stats.launch).count();
-    launch.push_back(l);
-    total.push_back(s);
-    return s - l;  // the restore itself, without launching the fresh CVM
-  };
-  auto plain_pass = [&] { return PlainRead(plain_path, plain, b.bytes); };
-  auto t = Interleaved(o.reps, {plain_pass, restore_pass});
+  // hot: both files in the page cache (just written / read in the previous
+  // round); cold: both evicted (posix_fadvise DONTNEED) before every round.
+  for (const bool cold : {false, true}) {
+    std::vector<double> launch, total;
+    cpc::SnapshotStats last;
+    auto restore_pass = [&] {
+      if (cold) Evict(snap_path);
+      cpc::RestoreResult r;
+      const double s = Seconds([&] {
+        r = Check(cpc::RestoreSnapshot(*b.backend, info.launch, snap_path, {}),
+                  "restore");
+      });
+      Check(b.backend->DestroyCvm(r.cvm), "destroy the restored CVM");
+      last = r.stats;
+      const double l = std::chrono::duration<double>(r.stats.launch).count();
+      launch.push_back(l);
+      total.push_back(s);
+      return s - l;  // the restore itself, without launching the fresh CVM
+    };
+    auto plain_pass = [&] {
+      if (cold) Evict(plain_path);
+      return PlainRead(plain_path, plain, b.bytes);
+    };
+    auto t = Interleaved(o.reps, {plain_pass, restore_pass});
+    const std::string cache = cold ? "-cold" : "";
+    Emit({"restore" + cache + "/" + b.Label(),
+          t[1],
+          "s (lower is better)",
+          "plaintext-read" + cache + "/" + b.Label(),
+          t[0],
+          {{"guest_gbps", b.bytes / t[1] / 1e9},
+           {"plaintext_gbps", b.bytes / t[0] / 1e9},
+           {"launch_s", Median(launch)},
+           {"restore_incl_launch_s", Median(total)},
+           {"file_bytes", static_cast<double>(last.file_bytes)},
+           {"streams", static_cast<double>(last.streams)}}});
+  }
   ::unlink(snap_path.c_str());
   ::unlink(plain_path.c_str());
-  Emit({"restore/" + b.Label(),
-        t[1],
-        "s (lower is better)",
-        "plaintext-read/" + b.Label(),
-        t[0],
-        {{"guest_gbps", b.bytes / t[1] / 1e9},
-         {"plaintext_gbps", b.bytes / t[0] / 1e9},
-         {"launch_s", Median(launch)},
-         {"restore_incl_launch_s", Median(total)},
-         {"file_bytes", static_cast<double>(last.file_bytes)},
-         {"streams", static_cast<double>(last.streams)}}});
 }
 
 struct Benchmark {
@@ -620,7 +679,8 @@ constexpr Benchmark kBenchmarks[] = {
      BenchMdi, true},
     {"snapshot", "TakeSnapshot of an emulated CVM vs plaintext write()",
      BenchSnapshot, false},
-    {"restore", "RestoreSnapshot (excl. launch) vs plaintext read()",
+    {"restore",
+     "RestoreSnapshot (excl. launch) vs plaintext read(), hot and cold cache",
      BenchRestore, false},
 };
 

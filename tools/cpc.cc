@@ -600,6 +600,13 @@ Status RunRestore(const RestoreArgs& a) {
   cpc::RestoreResult restored;
   {
     Progress progress("restore ", a.progress);
+    progress.Phase(fmt::format("launching a fresh CVM ({} guest memory)",
+                               HumanBytes(info.launch.memory_bytes)));
+    ro.before_pause =
+        [&, get_token = std::move(ro.before_pause)](cpc::CvmHandle fresh) {
+          if (get_token) get_token(fresh);
+          progress.Restart();  // rate and ETA of the restore, not the launch
+        };
     auto r = cpc::RestoreSnapshot(
         *backend, info.launch, a.in, ro, [&](const cpc::SnapshotStats& st) {
           progress.Update(st.guest_bytes, st.total_guest_bytes);

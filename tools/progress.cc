@@ -119,6 +119,16 @@ void Progress::Finish(uint64_t done, uint64_t total) {
   Draw(Line(done, total, true), true);
 }
 
+void Progress::Phase(std::string_view text) {
+  if (off_ || finished_) return;
+  Draw(fmt::format("{} {}", label_, text), false);
+}
+
+void Progress::Restart() {
+  start_ = Clock::now();
+  last_draw_ = {};
+}
+
 void Progress::Abandon() {
   if (off_ || finished_) return;
   finished_ = true;

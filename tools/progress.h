@@ -42,6 +42,11 @@ class Progress {
   void Finish(uint64_t done, uint64_t total);
   // Ends a bar line without a final 100 % (the operation failed).
   void Abandon();
+  // Shows what the operation is doing before bytes move ("launching a fresh
+  // CVM"): the bar line's text until the next update, or one plain line.
+  void Phase(std::string_view text);
+  // Restarts the clock that rate, ETA and elapsed are measured from.
+  void Restart();
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -5,6 +5,9 @@
 set -u
 CPC=$1
 CASE=$2
+# A runaway writer must not fill the disk: no file over 1 GiB (the 64 MiB
+# guest's snapshot is ~64 MiB).
+ulimit -f $((1024 * 1024))
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cpc-cli-test.XXXXXX") || exit 1
 trap 'rm -rf "$WORK"' EXIT
 
