@@ -8,15 +8,12 @@
 
 #include <fmt/format.h>
 
+#include "core/sys.h"
+
 CPC_NAMESPACE_BEGIN
 namespace emu {
 
 namespace {
-Status Errno(std::string_view what) {
-  const int e = errno;
-  return Status(Code::kIoError, fmt::format("{}: {}", what, std::strerror(e)),
-                e);
-}
 constexpr size_t kMaxFds = 8;
 }  // namespace
 
@@ -28,7 +25,7 @@ void Fd::Reset() {
 Result<std::pair<Channel, Channel>> Channel::Pair() {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-    return Errno("socketpair");
+    return ErrnoStatus("socketpair");
   return std::make_pair(Channel(Fd(sv[0])), Channel(Fd(sv[1])));
 }
 
@@ -59,7 +56,7 @@ Status Channel::Send(uint16_t type, std::span<const uint8_t> payload,
     if (errno == EINTR) continue;
     if (errno == EPIPE || errno == ECONNRESET)
       return Status(Code::kIoError, "peer closed", errno);
-    return Errno("sendmsg");
+    return ErrnoStatus("sendmsg");
   }
 }
 
@@ -69,7 +66,7 @@ Result<Message> Channel::Recv(int timeout_ms) {
     int r = ::poll(&p, 1, timeout_ms);
     if (r > 0) break;
     if (r == 0) return Status(Code::kTimeout, "no message before the deadline");
-    if (errno != EINTR) return Errno("poll");
+    if (errno != EINTR) return ErrnoStatus("poll");
   }
   std::vector<uint8_t> buf(kMaxMessage);
   iovec iov = {buf.data(), buf.size()};
@@ -86,7 +83,7 @@ Result<Message> Channel::Recv(int timeout_ms) {
   if (n < 0) {
     if (errno == ECONNRESET)
       return Status(Code::kIoError, "peer closed", errno);
-    return Errno("recvmsg");
+    return ErrnoStatus("recvmsg");
   }
   Message m;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr;

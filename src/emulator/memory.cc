@@ -11,6 +11,8 @@
 
 #include <fmt/format.h>
 
+#include "core/sys.h"
+
 // Debian 12's uapi headers predate these (kernel >= 6.7); values from
 // include/uapi/linux/fs.h and userfaultfd.h.
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
@@ -52,11 +54,6 @@ CPC_NAMESPACE_BEGIN
 namespace emu {
 
 namespace {
-Status Errno(std::string_view what) {
-  const int e = errno;
-  return Status(Code::kIoError, fmt::format("{}: {}", what, std::strerror(e)),
-                e);
-}
 constexpr uint64_t k2M = 2ull << 20;
 }  // namespace
 
@@ -88,7 +85,7 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::Create(uint64_t bytes,
 
   int uffd = static_cast<int>(
       ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
-  if (uffd < 0) return Errno("userfaultfd");
+  if (uffd < 0) return ErrnoStatus("userfaultfd");
   m->uffd_ = Fd(uffd);
   uffdio_api api = {UFFD_API,
                     UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, 0};
@@ -98,11 +95,11 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::Create(uint64_t bytes,
   uffdio_register reg = {
       {reinterpret_cast<uint64_t>(p), bytes}, UFFDIO_REGISTER_MODE_WP, 0};
   if (::ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
-    return Errno("UFFDIO_REGISTER");
+    return ErrnoStatus("UFFDIO_REGISTER");
   uffdio_writeprotect wp = {{reinterpret_cast<uint64_t>(p), bytes},
                             UFFDIO_WRITEPROTECT_MODE_WP};
   if (::ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
-    return Errno("UFFDIO_WRITEPROTECT");
+    return ErrnoStatus("UFFDIO_WRITEPROTECT");
   return m;
 }
 
@@ -118,7 +115,7 @@ Result<DirtyLog> DirtyLog::Open(pid_t pid, uint64_t base, uint64_t size) {
   DirtyLog log;
   int fd = ::open(fmt::format("/proc/{}/pagemap", pid).c_str(),
                   O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno("open pagemap");
+  if (fd < 0) return ErrnoStatus("open pagemap");
   log.pagemap_ = Fd(fd);
   log.base_ = base;
   log.size_ = size;
@@ -141,7 +138,7 @@ Result<std::vector<Gpa>> DirtyLog::Read(bool rearm) {
     arg.category_mask = PAGE_IS_WRITTEN;
     arg.return_mask = PAGE_IS_WRITTEN;
     long n = ::ioctl(pagemap_.get(), PAGEMAP_SCAN, &arg);
-    if (n < 0) return Errno("PAGEMAP_SCAN");
+    if (n < 0) return ErrnoStatus("PAGEMAP_SCAN");
     for (long i = 0; i < n; ++i)
       for (uint64_t a = vec[i].start; a < vec[i].end; a += kPageSize)
         out.push_back(a - base_);

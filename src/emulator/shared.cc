@@ -10,15 +10,12 @@
 
 #include <fmt/format.h>
 
+#include "core/sys.h"
+
 CPC_NAMESPACE_BEGIN
 namespace emu {
 
 namespace {
-Status Errno(std::string_view what) {
-  const int e = errno;
-  return Status(Code::kIoError, fmt::format("{}: {}", what, std::strerror(e)),
-                e);
-}
 
 void CopyField(char* dst, size_t cap, std::string_view s) {
   size_t n = std::min(s.size(), cap - 1);
@@ -32,13 +29,13 @@ Result<SharedRegion> SharedRegion::Create(uint64_t bytes) {
     return Status(Code::kInvalidArgument,
                   "shared region too small or unaligned");
   int fd = ::memfd_create("cpc-shared", MFD_CLOEXEC);
-  if (fd < 0) return Errno("memfd_create");
+  if (fd < 0) return ErrnoStatus("memfd_create");
   SharedRegion r;
   r.fd_ = Fd(fd);
   if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0)
-    return Errno("ftruncate");
+    return ErrnoStatus("ftruncate");
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return Errno("mmap shared");
+  if (p == MAP_FAILED) return ErrnoStatus("mmap shared");
   r.base_ = static_cast<uint8_t*>(p);
   r.size_ = bytes;
   auto* h = reinterpret_cast<SharedHeader*>(r.base_);
@@ -51,13 +48,13 @@ Result<SharedRegion> SharedRegion::Create(uint64_t bytes) {
 
 Result<SharedRegion> SharedRegion::Map(Fd memfd) {
   struct stat st;
-  if (::fstat(memfd.get(), &st) != 0) return Errno("fstat shared");
+  if (::fstat(memfd.get(), &st) != 0) return ErrnoStatus("fstat shared");
   const uint64_t bytes = static_cast<uint64_t>(st.st_size);
   if (bytes < 3 * kPageSize || bytes % kPageSize != 0)
     return Status(Code::kInvalidArgument, "shared region has a bad size");
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
                    memfd.get(), 0);
-  if (p == MAP_FAILED) return Errno("mmap shared");
+  if (p == MAP_FAILED) return ErrnoStatus("mmap shared");
   SharedRegion r;
   r.fd_ = std::move(memfd);
   r.base_ = static_cast<uint8_t*>(p);
@@ -89,14 +86,14 @@ SharedRegion& SharedRegion::operator=(SharedRegion&& o) noexcept {
 
 Result<Doorbell> Doorbell::Create() {
   int fd = ::eventfd(0, EFD_CLOEXEC);
-  if (fd < 0) return Errno("eventfd");
+  if (fd < 0) return ErrnoStatus("eventfd");
   return Doorbell(Fd(fd));
 }
 
 Status Doorbell::Ring() {
   uint64_t one = 1;
   if (::write(fd_.get(), &one, sizeof one) != sizeof one)
-    return Errno("doorbell write");
+    return ErrnoStatus("doorbell write");
   return Status::Ok();
 }
 
@@ -107,13 +104,13 @@ Status Doorbell::Wait(int timeout_ms, int hangup_fd) {
     if (r == 0) return Status(Code::kTimeout, "doorbell not rung in time");
     if (r < 0) {
       if (errno == EINTR) continue;
-      return Errno("poll doorbell");
+      return ErrnoStatus("poll doorbell");
     }
     if (!(p[0].revents & POLLIN) && (p[1].revents & (POLLHUP | POLLERR)))
       return Status(Code::kIoError, "the CVM process has exited");
     uint64_t v;
     if (::read(fd_.get(), &v, sizeof v) != sizeof v)
-      return Errno("doorbell read");
+      return ErrnoStatus("doorbell read");
     return Status::Ok();
   }
 }

@@ -21,6 +21,7 @@
 
 #include "core/bytes.h"
 #include "core/log.h"
+#include "core/sys.h"
 #include "emulator/launch.h"
 #include "modules/snapshot.h"
 
@@ -39,18 +40,12 @@ constexpr size_t kHeaderBytes = 4096;
 constexpr uint16_t kFinalStream = 0xFFFF;
 constexpr uint64_t kRingBuffer = 1 << 20;  // per buffer; two per stream
 
-Status Errno(std::string_view what) {
-  const int e = errno;
-  return Status(Code::kIoError, fmt::format("{}: {}", what, std::strerror(e)),
-                e);
-}
-
 Status WriteAll(int fd, const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);
   while (n > 0) {
     ssize_t w = ::write(fd, b, n);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return Errno("write snapshot");
+    if (w <= 0) return ErrnoStatus("write snapshot");
     b += w;
     n -= static_cast<size_t>(w);
   }
@@ -63,7 +58,7 @@ Status ReadAll(int fd, void* p, size_t n) {
   while (n > 0) {
     ssize_t r = ::read(fd, b, n);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return Errno("read snapshot");
+    if (r < 0) return ErrnoStatus("read snapshot");
     if (r == 0) return Status(Code::kDataLoss, "snapshot file is truncated");
     b += r;
     n -= static_cast<size_t>(r);
@@ -278,7 +273,7 @@ class ChunkWriter {
         ssize_t w = ::writev(fd_, iov, 2);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
-          s = Errno("write snapshot");
+          s = ErrnoStatus("write snapshot");
           break;
         }
         done += static_cast<size_t>(w);
@@ -349,7 +344,7 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
   const std::string tmp = path + ".partial";
   const int fd =
       ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Errno(fmt::format("create {}", tmp));
+  if (fd < 0) return ErrnoStatus(fmt::format("create {}", tmp));
 
   SnapshotStats stats;
   stats.streams = streams;
@@ -472,13 +467,13 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
   if (!st.ok()) return fail(st);
   stats.file_bytes += 8 + final_block->size();
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    Status e = Errno("close snapshot");
+    Status e = ErrnoStatus("close snapshot");
     ::unlink(tmp.c_str());
     if (options.resume) (void)backend.ResumeGuest(cvm);
     return e;
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Status e = Errno(fmt::format("rename to {}", path));
+    Status e = ErrnoStatus(fmt::format("rename to {}", path));
     ::unlink(tmp.c_str());
     if (options.resume) (void)backend.ResumeGuest(cvm);
     return e;
@@ -498,7 +493,7 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
 
 Result<SnapshotInfo> ReadSnapshotInfo(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno(fmt::format("open {}", path));
+  if (fd < 0) return ErrnoStatus(fmt::format("open {}", path));
   std::vector<uint8_t> b(kHeaderBytes);
   Status s = ReadAll(fd, b.data(), b.size());
   ::close(fd);
@@ -711,7 +706,7 @@ Result<RestoreResult> RestoreSnapshot(Backend& backend,
                                       const SnapshotProgressFn& progress) {
   const auto t0 = Clock::now();
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno(fmt::format("open {}", path));
+  if (fd < 0) return ErrnoStatus(fmt::format("open {}", path));
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
