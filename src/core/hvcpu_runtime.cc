@@ -85,10 +85,14 @@ struct HvcpuRuntime::Vcpu {
 };
 
 namespace {
-// Parked contexts discarded by aborts: never resumed, never freed (their
-// stacks still point into them).
+// Parked contexts discarded by aborts: never resumed and never freed, not
+// even at exit (their threads still sit in the park handler), hence a
+// heap object that is never destroyed.
 std::mutex g_zombie_mu;
-std::vector<std::shared_ptr<void>> g_zombies;
+std::vector<std::shared_ptr<void>>& Zombies() {
+  static auto* z = new std::vector<std::shared_ptr<void>>();
+  return *z;
+}
 }  // namespace
 
 struct HvcpuRuntime::Machine {
@@ -500,8 +504,8 @@ HvcpuExit HvcpuRuntime::FinishAndReset(std::unique_lock<std::mutex>& lock,
     // The parked thread's stack still refers to its Vcpu and Call.
     vcpu_->thread.detach();
     std::lock_guard<std::mutex> zl(g_zombie_mu);
-    g_zombies.emplace_back(std::shared_ptr<Vcpu>(std::move(vcpu_)));
-    g_zombies.emplace_back(std::shared_ptr<Call>(std::move(call_)));
+    Zombies().emplace_back(std::shared_ptr<Vcpu>(std::move(vcpu_)));
+    Zombies().emplace_back(std::shared_ptr<Call>(std::move(call_)));
   }
   call_.reset();
   exited_ = false;

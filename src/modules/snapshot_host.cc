@@ -543,7 +543,7 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
   bool reader_done = false;
   std::vector<uint8_t> final_block;
   std::mutex stats_mu;
-  uint64_t file_bytes = kHeaderBytes;
+  std::atomic<uint64_t> file_bytes{kHeaderBytes};
   std::vector<int> fill(h.streams, 0);
   std::atomic<bool> stop{false};
 
@@ -644,7 +644,7 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
             {
               std::lock_guard<std::mutex> sl(stats_mu);
               stats.guest_bytes += exit.progress.bytes_done - reported;
-              stats.file_bytes = file_bytes;
+              stats.file_bytes = file_bytes.load();
               stats.elapsed = Clock::now() - t0;
               const double secs =
                   std::chrono::duration<double>(stats.elapsed).count();
@@ -693,7 +693,7 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
               Entry("insert_finish", tokens.finish, fargs, options.slice),
               options.abort)
           .status());
-  stats.file_bytes = file_bytes;
+  stats.file_bytes = file_bytes.load();
   return Status::Ok();
 }
 
