@@ -39,8 +39,9 @@ struct RingHead {
   uint8_t pad[48];
 };
 static_assert(sizeof(RingHead) == 64);
-inline constexpr uint32_t kFree = 0;
-inline constexpr uint32_t kFull = 1;
+inline constexpr uint32_t kFree = 0;     // the producer may fill it
+inline constexpr uint32_t kFull = 1;     // filled, not yet taken
+inline constexpr uint32_t kWriting = 2;  // export: the host is writing it out
 inline constexpr uint32_t kEndOfStream = 1;
 
 struct Ring {

@@ -406,21 +406,20 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
       drivers.emplace_back([&, i] {
         const StreamRing& ring = rings[i];
         int next = 0;  // the buffer the module publishes next
-        std::array<bool, 2> queued{false, false};
         uint64_t reported = 0;
         auto collect = [&]() -> Status {
-          // Hand every newly filled buffer to the writer, once, in order...
-          while (!queued[next] && ring.head(next)->state.load(
-                                      std::memory_order_acquire) == kFull) {
+          // Hand every filled buffer to the writer, once (kFull -> kWriting;
+          // the writer sets kFree), in the order the module filled them...
+          uint32_t full = kFull;
+          while (ring.head(next)->state.compare_exchange_strong(
+              full, snap::kWriting)) {
             writer.Submit(static_cast<uint16_t>(i), ring.head(next),
                           ring.payload(next));
-            queued[next] = true;
             next ^= 1;
+            full = kFull;
           }
           // ...and resume only once the buffer the module fills next is free.
-          Status s = writer.WaitFree(ring.head(next));
-          queued[next] = false;
-          return s;
+          return writer.WaitFree(ring.head(next));
         };
         auto out = DriveCallWith(
             [&](const HvcpuEntry& x) {
