@@ -44,6 +44,7 @@
 #include "emulator/host.h"
 #include "emulator/launch.h"
 #include "modules/audit.h"
+#include "operators/aead.h"
 #include "progress.h"
 
 namespace {
@@ -705,6 +706,13 @@ int Info(const std::vector<std::string>& args) {
   if (!args.empty())
     return Fail({cpc::Code::kInvalidArgument, "info takes no arguments"});
   fmt::print("libcpc {} (C API {})\n", CPC_VERSION_STRING, CPC_API_VERSION);
+  // The AEAD engines, best first; the first is what records use unless
+  // CPC_AEAD names another.
+  auto active = cpc::FindAeadEngine();
+  fmt::print("AEAD engines (AES-256-GCM):\n");
+  for (const cpc::AeadEngine* e : cpc::AvailableAeadEngines())
+    fmt::print("  {} {:<9} {}\n", active.ok() && *active == e ? "*" : " ",
+               e->name(), e->code_path());
   auto backends = cpc::BackendRegistry::Builtin().List();
   fmt::print("backends: {}\n", backends.size());
   for (const cpc::BackendFactory* b : backends) {
