@@ -31,6 +31,14 @@ namespace {
 constexpr uint16_t kManifestStream = 0xFFFF;     // outside the record streams
 constexpr uint32_t kManifestMagic = 0x4d4e5043;  // "CPNM"
 
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 Result<SecretBytes> SnapshotKey(GuestPlatform& p, const SessionId& id) {
   static constexpr std::string_view kContext = "cpc/snapshot/v1";
   CPC_ASSIGN_OR_RETURN(
@@ -380,8 +388,16 @@ class SnapshotModule final : public Module {
     for (;;) {
       RingHead* h = Head(bufs[cur]);
       if (h->state.load(std::memory_order_acquire) != kFull) {
-        CPC_RETURN_IF_ERROR(ctx.Yield());  // wait for the host to fill it
-        continue;
+        // The host's reader usually fills it within microseconds; a round
+        // trip through the host costs far more, so spin briefly first.
+        const auto until = Clock::now() + std::chrono::microseconds(300);
+        while (h->state.load(std::memory_order_acquire) != kFull &&
+               Clock::now() < until)
+          CpuRelax();
+        if (h->state.load(std::memory_order_acquire) != kFull) {
+          CPC_RETURN_IF_ERROR(ctx.Yield());  // wait for the host to fill it
+          continue;
+        }
       }
       const uint64_t len = h->len;
       const bool eos = (h->flags & kEndOfStream) != 0;
