@@ -167,8 +167,9 @@ class Cvm {
     auto h = std::make_unique<Hvcpu>();
     h->runtime = std::make_unique<HvcpuRuntime>(
         hc.index, iso,
-        RuntimeServices{authority_.get(), &modules_, platform_.get(),
-                        std::span<uint8_t>(shared_.View().base, shared_.View().size)});
+        RuntimeServices{
+            authority_.get(), &modules_, platform_.get(),
+            std::span<uint8_t>(shared_.View().base, shared_.View().size)});
     h->channel = std::move(pair.first);
     Hvcpu* raw = h.get();
     h->server = std::thread([raw] { ServeHvcpu(raw); });

@@ -1,19 +1,20 @@
 /* Compiled as C with -Wstrict-prototypes against the shared libcpc: catches
- * C++-isms in cpc.h and checks the exported ABI. Prints "N passed, N failed". */
+ * C++-isms in cpc.h and checks the exported ABI. Prints "N passed, N failed".
+ */
 #include <stdio.h>
 #include <string.h>
 
 #include <cpc/cpc.h>
 
 static int passed, failed;
-#define CHECK(cond)                                               \
-  do {                                                            \
-    if (cond) {                                                   \
-      ++passed;                                                   \
-    } else {                                                      \
-      ++failed;                                                   \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (cond) {                                                                \
+      ++passed;                                                                \
+    } else {                                                                   \
+      ++failed;                                                                \
       fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-    }                                                             \
+    }                                                                          \
   } while (0)
 
 static int probe_calls;

@@ -121,7 +121,8 @@ double CpuSeconds(pid_t pid) {
 
 }  // namespace
 
-TEST_CASE("conformance: launch measures image and policy and destroy cleans up") {
+TEST_CASE(
+    "conformance: launch measures image and policy and destroy cleans up") {
   for (auto& env : Backends()) {
     INFO(env.backend);
     auto a = env.b->LaunchCvm(Config());
@@ -206,7 +207,8 @@ TEST_CASE("conformance: a guest-approved token runs a module on an hvCPU") {
 }
 
 TEST_CASE(
-    "conformance: the agent and the policy can refuse and tokens resist attacks") {
+    "conformance: the agent and the policy can refuse and tokens resist "
+    "attacks") {
   for (auto& env : Backends()) {
     INFO(env.backend);
     auto cvm = env.b->LaunchCvm(Config({{"agent.deny", "hog"}}));

@@ -59,7 +59,8 @@ TEST_CASE("operators/pipeline: the ciphertext hides the page") {
   CHECK(!found);
 }
 
-TEST_CASE("operators/pipeline: a full ring stops MEE early and the rest follows") {
+TEST_CASE(
+    "operators/pipeline: a full ring stops MEE early and the rest follows") {
   OpFixture f;
   std::vector<uint8_t> ring(cpc::MemoryRecordBytes(8) * 2 + 100);
   auto pages = PageRange(0, 64);
@@ -205,7 +206,8 @@ TEST_CASE("operators/pipeline: zero-page elision (policy option)") {
   CHECK(std::memcmp(f.src.mem(), f.dst.mem(), 8 * cpc::kPageSize) == 0);
 }
 
-TEST_CASE("operators/pipeline: SEE needs paused gvCPUs and SDI takes only state") {
+TEST_CASE(
+    "operators/pipeline: SEE needs paused gvCPUs and SDI takes only state") {
   OpFixture f;
   f.src.set_paused(false);
   std::vector<uint8_t> ring(1 << 16);

@@ -244,8 +244,9 @@ TEST_CASE(
     // Truncated: half the file, and all but the final block.
     refused(variant("half", [](auto& v) { v.resize(v.size() / 2); }), c,
             {Code::kDataLoss});
-    refused(variant("nofinal", [](auto& v) { v.erase(v.end() - 200, v.end()); }), c,
-            {Code::kDataLoss, Code::kRecordMalformed, Code::kRecordTruncated});
+    refused(
+        variant("nofinal", [](auto& v) { v.erase(v.end() - 200, v.end()); }), c,
+        {Code::kDataLoss, Code::kRecordMalformed, Code::kRecordTruncated});
     // Reordered: swap the first two chunks after the header.
     refused(
         variant(
