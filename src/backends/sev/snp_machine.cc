@@ -30,6 +30,26 @@ uint64_t AccessBits(Access a) {
   }
 }
 bool Aligned2M(uint64_t v) { return (v & (k2MBytes - 1)) == 0; }
+
+// The RMP checks PVALIDATE and RMPADJUST share once the page is translated:
+// the guest owns it, and the instruction's page size matches the entry's.
+Status CheckInstrEntry(const char* instr, const RmpEntry& e, bool owned,
+                       bool big) {
+  if (!owned)
+    return Npf(kNpfPresent | kNpfRmp | kNpfEnc, "page not owned by guest");
+  if (!big && e.page_size == PageSize::k2M)
+    return Status(
+        Code::kPermissionDenied,
+        fmt::format("#VMEXIT(NPF): 4K {} on a 2M RMP entry (host "
+                    "should PSMASH)",
+                    instr),
+        static_cast<int64_t>(kNpfPresent | kNpfRmp | kNpfEnc | kNpfSizeM));
+  if (big && e.page_size == PageSize::k4K)
+    return Status(Code::kPlatformError,
+                  fmt::format("{}: 2M {} on 4K RMP entries", instr, instr),
+                  kFailSizeMismatch);
+  return Status::Ok();
+}
 }  // namespace
 
 SnpMachine::SnpMachine(GuestMemory mem, uint32_t asid, uint64_t sev_features)
@@ -273,13 +293,7 @@ Result<bool> SnpMachine::Pvalidate(uint32_t vmpl, Gpa gpa, PageSize size,
   CPC_ASSIGN_OR_RETURN(uint64_t frame, InstrTranslate(gpa, Access::kWrite));
   RmpTable::WriteScope w(&rmp_);
   RmpEntry e = w.Get(frame);
-  if (!OwnedBy(e, gpa))
-    return Npf(kNpfPresent | kNpfRmp | kNpfEnc, "page not owned by guest");
-  if (!big && e.page_size == PageSize::k2M)
-    return Npf(kNpfPresent | kNpfRmp | kNpfEnc | kNpfSizeM,
-               "4K PVALIDATE on a 2M RMP entry (host should PSMASH)");
-  if (big && e.page_size == PageSize::k4K)
-    return InstrFail(kFailSizeMismatch, kI, "2M PVALIDATE on 4K RMP entries");
+  CPC_RETURN_IF_ERROR(CheckInstrEntry(kI, e, OwnedBy(e, gpa), big));
   if (big && (frame % k2MPages) != 0)
     return InstrFail(kFailInput, kI, "2M page backed by misaligned SPA");
   if (e.validated == validate) return false;  // CF=1: no update
@@ -309,13 +323,7 @@ Status SnpMachine::Rmpadjust(uint32_t vmpl, Gpa gpa, PageSize size,
   CPC_ASSIGN_OR_RETURN(uint64_t frame, InstrTranslate(gpa, Access::kWrite));
   RmpTable::WriteScope w(&rmp_);
   RmpEntry e = w.Get(frame);
-  if (!OwnedBy(e, gpa))
-    return Npf(kNpfPresent | kNpfRmp | kNpfEnc, "page not owned by guest");
-  if (!big && e.page_size == PageSize::k2M)
-    return Npf(kNpfPresent | kNpfRmp | kNpfEnc | kNpfSizeM,
-               "4K RMPADJUST on a 2M RMP entry (host should PSMASH)");
-  if (big && e.page_size == PageSize::k4K)
-    return InstrFail(kFailSizeMismatch, kI, "2M RMPADJUST on 4K RMP entries");
+  CPC_RETURN_IF_ERROR(CheckInstrEntry(kI, e, OwnedBy(e, gpa), big));
   if (target <= vmpl)
     return InstrFail(kFailPermission, kI,
                      "target VMPL not less privileged than the caller");

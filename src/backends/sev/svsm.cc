@@ -369,9 +369,8 @@ Status SvsmCore::Release(GpaRange range) {
 
 // ------------------------------------------------------------ vCPU state
 
-Result<std::vector<uint8_t>> SvsmCore::ExportVcpuState(uint32_t apic,
-                                                       uint32_t vmpl) {
-  std::lock_guard<std::mutex> l(mu_);
+Result<uint8_t*> SvsmCore::StoppedVmsaLocked(uint32_t apic, uint32_t vmpl,
+                                             Access access) const {
   auto it = vcpus_.find({apic, vmpl});
   if (it == vcpus_.end())
     return Status(Code::kNotFound,
@@ -380,7 +379,14 @@ Result<std::vector<uint8_t>> SvsmCore::ExportVcpuState(uint32_t apic,
   CPC_ASSIGN_OR_RETURN(RmpEntry e, m_->RmpRead(spa));
   if (e.in_use)
     return Status(Code::kFailedPrecondition, "vCPU is running; pause it");
-  CPC_ASSIGN_OR_RETURN(uint8_t * p, Vmpl0Page(it->second.vmsa, Access::kRead));
+  return Vmpl0Page(it->second.vmsa, access);
+}
+
+Result<std::vector<uint8_t>> SvsmCore::ExportVcpuState(uint32_t apic,
+                                                       uint32_t vmpl) {
+  std::lock_guard<std::mutex> l(mu_);
+  CPC_ASSIGN_OR_RETURN(uint8_t * p,
+                       StoppedVmsaLocked(apic, vmpl, Access::kRead));
   return std::vector<uint8_t>(p, p + kPageSize);
 }
 
@@ -394,14 +400,8 @@ Status SvsmCore::ImportVcpuState(uint32_t apic, uint32_t vmpl,
   if (VmsaLoad64(in, vmsa_off::kSevFeatures) != m_->sev_features())
     return Status(Code::kPermissionDenied, "VMSA SEV_FEATURES differ");
   std::lock_guard<std::mutex> l(mu_);
-  auto it = vcpus_.find({apic, vmpl});
-  if (it == vcpus_.end())
-    return Status(Code::kNotFound,
-                  fmt::format("no VMSA for APIC {} VMPL {}", apic, vmpl));
-  CPC_ASSIGN_OR_RETURN(uint64_t spa, m_->NptLookup(it->second.vmsa));
-  CPC_ASSIGN_OR_RETURN(RmpEntry e, m_->RmpRead(spa));
-  if (e.in_use) return Status(Code::kFailedPrecondition, "vCPU is running");
-  CPC_ASSIGN_OR_RETURN(uint8_t * p, Vmpl0Page(it->second.vmsa, Access::kWrite));
+  CPC_ASSIGN_OR_RETURN(uint8_t * p,
+                       StoppedVmsaLocked(apic, vmpl, Access::kWrite));
   std::memcpy(p, state.data(), kPageSize);
   return Status::Ok();
 }

@@ -128,6 +128,10 @@ class SvsmCore {
   uint64_t PvalidateOne(Gpa gpa, PageSize size, bool validate, bool ignore_cf);
   bool GuestRam(Gpa gpa) const;
   bool ProtectedLocked(Gpa gpa) const;
+  // The VMSA page of (apic, vmpl) from VMPL0's registry, if that vCPU is not
+  // running (kNotFound, kFailedPrecondition). Caller holds mu_.
+  Result<uint8_t*> StoppedVmsaLocked(uint32_t apic, uint32_t vmpl,
+                                     Access access) const;
   Status RevokeLower(Gpa gpa, PageSize size);
   Status GrantGuest(Gpa gpa, PageSize size);
   Result<uint8_t*> Vmpl0Page(Gpa gpa, Access a) const {
