@@ -82,6 +82,7 @@ std::string Progress::Line(uint64_t done, uint64_t total, bool final) const {
                       total > 0 ? HumanBytes(total) : "?", HumanRate(rate));
   if (!final) line += "  ETA " + eta;
   line += "  elapsed " + HumanClock(elapsed);
+  if (!detail_.empty()) line += "  " + detail_;
   return line;
 }
 
@@ -119,6 +120,8 @@ void Progress::Finish(uint64_t done, uint64_t total) {
   Draw(Line(done, total, true), true);
 }
 
+void Progress::Detail(std::string text) { detail_ = std::move(text); }
+
 void Progress::Phase(std::string_view text) {
   if (off_ || finished_) return;
   Draw(fmt::format("{} {}", label_, text), false);
@@ -127,6 +130,14 @@ void Progress::Phase(std::string_view text) {
 void Progress::Restart() {
   start_ = Clock::now();
   last_draw_ = {};
+}
+
+void Progress::Break() {
+  if (open_line_) {
+    fmt::print(out_, "\n");
+    std::fflush(out_);
+    open_line_ = false;
+  }
 }
 
 void Progress::Abandon() {

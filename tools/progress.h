@@ -1,9 +1,10 @@
 // Progress display of the `cpc` CLI for long operations (snapshot, restore,
-// the audit digest): on a terminal a one-line bar redrawn at most ~10 times
-// per second (bytes done/total, rate, ETA, elapsed); otherwise a few plain
-// lines (every 25 %). Output goes to the given stream (stderr in the CLI).
-// Not synchronised: call from one thread (the libcpc progress callbacks are
-// called from the calling thread).
+// migration, the audit digest): on a terminal a one-line bar redrawn at most
+// ~10 times per second (bytes done/total, rate, ETA, elapsed); otherwise a few
+// plain lines (every 25 %). Output goes to the given stream (stderr in the
+// CLI). Not synchronised: call from one thread at a time (libcpc's progress
+// callbacks are serialised; the migration's run on an internal thread, and
+// the CLI touches the display again only once the call returned).
 #ifndef CPC_TOOLS_PROGRESS_H_
 #define CPC_TOOLS_PROGRESS_H_
 
@@ -40,13 +41,21 @@ class Progress {
   void Update(uint64_t done, uint64_t total);
   // Draws the final state (100 % if `done` == `total`) and ends the line.
   void Finish(uint64_t done, uint64_t total);
+  // Text appended to every following line ("round 3, dirty 12 MB/s"); empty
+  // for none. Takes effect at the next Update / Finish.
+  void Detail(std::string text);
   // Ends a bar line without a final 100 % (the operation failed).
   void Abandon();
   // Shows what the operation is doing before bytes move ("launching a fresh
   // CVM"): the bar line's text until the next update, or one plain line.
   void Phase(std::string_view text);
+  // Ends a bar line drawn so far (if any) so that other output can follow on
+  // the terminal; the next update draws on a new line.
+  void Break();
   // Restarts the clock that rate, ETA and elapsed are measured from.
   void Restart();
+  // Whether this draws a bar (redrawn in place) rather than plain lines.
+  bool bar() const { return bar_ && !off_; }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -54,6 +63,7 @@ class Progress {
   void Draw(const std::string& line, bool final);
 
   std::string label_;
+  std::string detail_;
   std::FILE* out_;
   bool bar_ = false;
   bool off_ = false;

@@ -121,6 +121,11 @@ class CPC_EXPORT Backend {
   // TokenAuthority::Mint); kTimeout if the guest does not answer.
   virtual Result<std::vector<uint8_t>> RequestToken(
       CvmHandle cvm, const TokenRequest& request) = 0;
+  // Throttles the guest OS's vCPUs (host scheduling only, like QEMU's
+  // cpu-throttle): they run for (1 - fraction) of every 10 ms period.
+  // `fraction` in [0, 0.99]; 0 removes the throttle. kInvalidArgument
+  // outside that range.
+  virtual Status ThrottleGuest(CvmHandle cvm, double fraction) = 0;
 };
 
 class CPC_EXPORT GuestPlatform {
@@ -166,6 +171,34 @@ class CPC_EXPORT GuestPlatform {
   // A key derived by the platform from the CVM's measurement and `context`:
   // the same image+policy gets the same key on the same platform.
   virtual Result<SecretBytes> SealingKey(std::span<const uint8_t> context) = 0;
+
+  // Attestation evidence for a peer CVM: the report with `report_data` plus
+  // what a verifier needs (the certificate chain), platform-encoded.
+  virtual Result<std::vector<uint8_t>> AttestationEvidence(
+      std::span<const uint8_t, 64> report_data) = 0;
+  // Verifies a peer CVM's evidence: a genuine platform of this vendor (chain
+  // to the pinned root, valid signature), the same launch measurement and
+  // platform policy as this CVM, and `report_data` embedded. Errors:
+  // kInvalidArgument (malformed), kReportBadChain, kReportBadSignature,
+  // kMeasurementMismatch, kReportDataMismatch.
+  virtual Status VerifyPeerEvidence(
+      std::span<const uint8_t> evidence,
+      std::span<const uint8_t, 64> report_data) = 0;
+
+  // Guest-OS pages written since the previous call, as the platform itself
+  // tracks them (SEV-SNP: VMPL0 revokes the guest's write permission and a
+  // write comes back through it; CCA: plane-1 stage-2 permissions; TDX: SEPT
+  // BLOCKEDW / EXPORTED_DIRTY). Sorted GPAs inside GuestOsMemory(). The first
+  // call returns every page written since launch. The host reads its own
+  // dirty log but can neither clear nor hide these marks. One caller at a
+  // time (a migration's leader).
+  virtual Result<std::vector<Gpa>> TakeWrittenPages() = 0;
+  // Revokes (false) or restores (true) the guest OS's right to run: while
+  // revoked the platform refuses to resume the gvCPUs whatever the host asks
+  // (SEV-SNP: VMPL0 clears the VMSA attribute of the gvCPU save areas).
+  // Revoking requires the gvCPUs paused (kFailedPrecondition otherwise). A
+  // migration source is revoked before its start token exists.
+  virtual Status SetGuestOsRunnable(bool runnable) = 0;
 };
 
 // Forwards every call to `target` (not owned; must outlive the wrapper).
@@ -187,6 +220,7 @@ class CPC_EXPORT BackendWrapper : public Backend {
   Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) override;
   Result<std::vector<uint8_t>> RequestToken(
       CvmHandle cvm, const TokenRequest& request) override;
+  Status ThrottleGuest(CvmHandle cvm, double fraction) override;
 
  private:
   Backend* target_;
@@ -210,6 +244,12 @@ class CPC_EXPORT GuestPlatformWrapper : public GuestPlatform {
   Result<std::vector<uint8_t>> AttestationReport(
       std::span<const uint8_t, 64> report_data) override;
   Result<SecretBytes> SealingKey(std::span<const uint8_t> context) override;
+  Result<std::vector<uint8_t>> AttestationEvidence(
+      std::span<const uint8_t, 64> report_data) override;
+  Status VerifyPeerEvidence(std::span<const uint8_t> evidence,
+                            std::span<const uint8_t, 64> report_data) override;
+  Result<std::vector<Gpa>> TakeWrittenPages() override;
+  Status SetGuestOsRunnable(bool runnable) override;
 
  private:
   GuestPlatform* target_;

@@ -38,6 +38,7 @@ enum class Code : int32_t {
   kAborted = 11,            // stopped by the confidential abort protocol
   kTimeout = 12,            // a deadline passed
   kDataLoss = 13,           // unrecoverable loss or corruption of stored data
+  kUnavailable = 14,        // outcome unknown until the peer can be reached
   // Call state machine.
   kIllegalTransition = 20,  // event not allowed in the call's current state
   kBudgetExceeded = 21,     // a running call used more than its token allows

@@ -38,6 +38,9 @@ Result<std::vector<uint8_t>> BackendWrapper::RequestToken(
     CvmHandle cvm, const TokenRequest& request) {
   return target_->RequestToken(cvm, request);
 }
+Status BackendWrapper::ThrottleGuest(CvmHandle cvm, double fraction) {
+  return target_->ThrottleGuest(cvm, fraction);
+}
 
 uint64_t GuestPlatformWrapper::memory_bytes() const {
   return target_->memory_bytes();
@@ -76,6 +79,21 @@ Result<std::vector<uint8_t>> GuestPlatformWrapper::AttestationReport(
 Result<SecretBytes> GuestPlatformWrapper::SealingKey(
     std::span<const uint8_t> context) {
   return target_->SealingKey(context);
+}
+Result<std::vector<uint8_t>> GuestPlatformWrapper::AttestationEvidence(
+    std::span<const uint8_t, 64> report_data) {
+  return target_->AttestationEvidence(report_data);
+}
+Status GuestPlatformWrapper::VerifyPeerEvidence(
+    std::span<const uint8_t> evidence,
+    std::span<const uint8_t, 64> report_data) {
+  return target_->VerifyPeerEvidence(evidence, report_data);
+}
+Result<std::vector<Gpa>> GuestPlatformWrapper::TakeWrittenPages() {
+  return target_->TakeWrittenPages();
+}
+Status GuestPlatformWrapper::SetGuestOsRunnable(bool runnable) {
+  return target_->SetGuestOsRunnable(runnable);
 }
 
 CPC_NAMESPACE_END

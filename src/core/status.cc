@@ -26,6 +26,7 @@ std::string_view CodeName(Code code) {
     CPC_CODE_NAME(kAborted, "aborted")
     CPC_CODE_NAME(kTimeout, "timeout")
     CPC_CODE_NAME(kDataLoss, "data_loss")
+    CPC_CODE_NAME(kUnavailable, "unavailable")
     CPC_CODE_NAME(kIllegalTransition, "illegal_transition")
     CPC_CODE_NAME(kBudgetExceeded, "budget_exceeded")
     CPC_CODE_NAME(kBackendUnknown, "backend_unknown")

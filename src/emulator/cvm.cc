@@ -1,5 +1,6 @@
 #include "emulator/cvm.h"
 
+#include <bit>
 #include <cstring>
 #include <fcntl.h>
 #include <map>
@@ -54,6 +55,33 @@ Status Reply(Channel& ch, const Status& s, std::span<const uint8_t> extra = {},
   w.Bytes(extra);
   return ch.Send(kMsgReply, out, fds);
 }
+
+// The guest face the CPC runtime and its modules see: the platform model,
+// plus what the emulated machine itself provides for every platform - the
+// written-page record (the write tracker's platform bitmap, which the host's
+// dirty log cannot clear) and the gvCPUs' right to run.
+class MachinePlatform final : public GuestPlatformWrapper {
+ public:
+  MachinePlatform(EmulatedPlatform* platform, GuestMemory* memory,
+                  GuestOs* guest_os)
+      : GuestPlatformWrapper(platform), memory_(memory), guest_os_(guest_os) {}
+
+  Result<std::vector<Gpa>> TakeWrittenPages() override {
+    WriteTracker* t = memory_->tracker();
+    if (t == nullptr)
+      return Status(Code::kFailedPrecondition,
+                    "dirty tracking is off for this CVM");
+    const GpaRange os = GuestOsMemory();
+    return t->TakeWritten({os.base, os.pages});
+  }
+  Status SetGuestOsRunnable(bool runnable) override {
+    return guest_os_->SetRunnable(runnable);
+  }
+
+ private:
+  GuestMemory* const memory_;
+  GuestOs* const guest_os_;
+};
 
 // One hvCPU: its runtime and the thread serving its channel.
 struct Hvcpu {
@@ -118,6 +146,8 @@ class Cvm {
     if (auto it = params.config.options.find("agent.deny");
         it != params.config.options.end())
       guest_os_->DenyModule(it->second);
+    machine_platform_ = std::make_unique<MachinePlatform>(
+        platform_.get(), memory_.get(), guest_os_.get());
 
     authority_ = std::make_unique<TokenAuthority>(
         platform_->identity(), std::move(policy), guest_os_.get());
@@ -168,7 +198,7 @@ class Cvm {
     h->runtime = std::make_unique<HvcpuRuntime>(
         hc.index, iso,
         RuntimeServices{
-            authority_.get(), &modules_, platform_.get(),
+            authority_.get(), &modules_, machine_platform_.get(),
             std::span<uint8_t>(shared_.View().base, shared_.View().size)});
     h->channel = std::move(pair.first);
     Hvcpu* raw = h.get();
@@ -193,7 +223,11 @@ class Cvm {
         (void)Reply(h->channel, exit.status());
         continue;
       }
-      if (!h->channel.Send(kMsgExit, EncodeExit(*exit)).ok()) return;
+      // An exit the channel cannot carry (output above kMaxMessage) is
+      // reported as an error rather than leaving the host waiting.
+      Status sent = h->channel.Send(kMsgExit, EncodeExit(*exit));
+      if (!sent.ok() && !Reply(h->channel, sent.WithContext("hvCPU exit")).ok())
+        return;
     }
   }
 
@@ -225,6 +259,16 @@ class Cvm {
         case kMsgResume:
           (void)Reply(vm_, guest_os_->Resume());
           break;
+        case kMsgThrottle: {
+          const uint32_t permille = r.Int<uint32_t>();
+          (void)Reply(
+              vm_, r.done() ? guest_os_->Throttle(permille)
+                            : Status(Code::kInvalidArgument, "bad throttle"));
+          break;
+        }
+        case kMsgDirtyLog:
+          ServeDirtyLog(r);
+          break;
         case kMsgGuestAccess: {
           const Gpa gpa = r.Int<uint64_t>();
           const bool write = r.Int<uint8_t>() != 0;
@@ -243,12 +287,43 @@ class Cvm {
     }
   }
 
+  // The host's dirty log: the tracker's host bitmap for one chunk of pages.
+  void ServeDirtyLog(ByteReader& r) {
+    const bool rearm = r.Int<uint8_t>() != 0;
+    const uint64_t first = r.Int<uint64_t>();
+    const uint64_t pages = r.Int<uint64_t>();
+    if (!r.done() || pages > kDirtyLogChunkPages) {
+      (void)Reply(vm_, Status(Code::kInvalidArgument, "bad dirty log request"));
+      return;
+    }
+    WriteTracker* t = memory_->tracker();
+    if (t == nullptr) {
+      (void)Reply(vm_, Status(Code::kFailedPrecondition,
+                              "dirty tracking is off for this CVM"));
+      return;
+    }
+    auto bits = t->ReadHostLog(first, pages, rearm);
+    if (!bits.ok()) {
+      (void)Reply(vm_, bits.status());
+      return;
+    }
+    static_assert(std::endian::native == std::endian::little);
+    std::vector<uint8_t> extra;
+    ByteWriter w(&extra);
+    w.Int<uint64_t>(first);
+    w.Int<uint64_t>(pages);
+    w.Bytes({reinterpret_cast<const uint8_t*>(bits->data()),
+             bits->size() * sizeof(uint64_t)});
+    (void)Reply(vm_, Status::Ok(), extra);
+  }
+
   const PlatformFactory& platforms_;
   const ModuleInstaller& installer_;
   Channel vm_;
   std::unique_ptr<EmulatedPlatform> platform_;
   std::unique_ptr<GuestMemory> memory_;
   std::unique_ptr<GuestOs> guest_os_;
+  std::unique_ptr<MachinePlatform> machine_platform_;
   std::unique_ptr<TokenAuthority> authority_;
   ModuleRegistry modules_;
   SharedRegion shared_;

@@ -238,6 +238,10 @@ Status GuestOs::Pause() {
 
 Status GuestOs::Resume() {
   std::unique_lock<std::mutex> lock(mu_);
+  if (!runnable_)
+    return Status(Code::kFailedPrecondition,
+                  "the guest OS may not run: its state was handed to a "
+                  "migration destination (the platform revoked its vCPUs)");
   if (!pause_requested_) return Status::Ok();
   pause_requested_ = false;
   cv_.notify_all();
@@ -249,6 +253,28 @@ Status GuestOs::Resume() {
 bool GuestOs::paused() const {
   std::lock_guard<std::mutex> lock(mu_);
   return pause_requested_;
+}
+
+Status GuestOs::Throttle(uint32_t permille) {
+  if (permille > 990)
+    return Status(
+        Code::kInvalidArgument,
+        fmt::format("throttle of {} per mille is above 990", permille));
+  std::lock_guard<std::mutex> lock(mu_);
+  throttle_permille_ = permille;
+  cv_.notify_all();
+  return Status::Ok();
+}
+
+Status GuestOs::SetRunnable(bool runnable) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!runnable &&
+      !(pause_requested_ && parked_ == vcpus_.size() && !agent_busy_))
+    return Status(Code::kFailedPrecondition,
+                  "the guest OS's vCPUs must be paused before its right to "
+                  "run is revoked");
+  runnable_ = runnable;
+  return Status::Ok();
 }
 
 void GuestOs::VcpuMain(uint32_t index) {
@@ -263,6 +289,7 @@ void GuestOs::VcpuMain(uint32_t index) {
   const double pages_per_ms = workload_.dirty_mib_per_s * 256.0 / 1000.0;
   double owed = 0;
   auto next = Clock::now();
+  auto period_start = next;  // of the current throttle period
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -284,6 +311,26 @@ void GuestOs::VcpuMain(uint32_t index) {
         }
         regs = *reloaded;
         next = Clock::now();
+        period_start = next;
+      }
+      if (throttle_permille_ != 0) {
+        // Host throttling: run the first (1000 - permille) / 1000 of each
+        // period, be descheduled for the rest.
+        constexpr auto kPeriod = std::chrono::microseconds(10'000);
+        const auto run = kPeriod * (1000 - throttle_permille_) / 1000;
+        const auto now = Clock::now();
+        if (now - period_start >= kPeriod) {
+          period_start = now;
+        } else if (now - period_start >= run) {
+          cv_.wait_until(lock, period_start + kPeriod, [this] {
+            return pause_requested_ || stop_ || throttle_permille_ == 0;
+          });
+          // Descheduled time is not owed work: the workload's pacing
+          // restarts with the new period.
+          period_start = Clock::now();
+          next = period_start;
+          continue;
+        }
       }
     }
     switch (workload_.kind) {

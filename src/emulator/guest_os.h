@@ -9,7 +9,10 @@
 //
 // Pause/Resume stop and restart the gvCPUs at an instruction boundary (the
 // host deschedules them); registers go to the platform's save areas on pause
-// and come back from them on resume. Thread-safe.
+// and come back from them on resume. Throttle makes the gvCPUs sleep for a
+// share of every 10 ms period (host scheduling, like QEMU's cpu-throttle).
+// SetRunnable(false) is the platform revoking the gvCPUs: Resume is refused
+// until it is restored. Thread-safe.
 #ifndef CPC_SRC_EMULATOR_GUEST_OS_H_
 #define CPC_SRC_EMULATOR_GUEST_OS_H_
 
@@ -72,8 +75,15 @@ class GuestOs : public GuestAgent {
   // Starts the gvCPU threads (from the registers in the save areas).
   void Start();
   Status Pause();
+  // kFailedPrecondition while the guest OS is not runnable.
   Status Resume();
   bool paused() const;
+  // The gvCPUs run for (1000 - permille) / 1000 of every 10 ms period;
+  // 0 removes the throttle. kInvalidArgument above 990.
+  Status Throttle(uint32_t permille);
+  // Revokes (false; kFailedPrecondition unless the gvCPUs are paused) or
+  // restores (true; does not resume) the guest OS's right to run.
+  Status SetRunnable(bool runnable);
 
   // The token agent: serves requests from the shared mailbox until stopped.
   void StartAgent(TokenAuthority* authority, const SharedRegion* region,
@@ -115,6 +125,8 @@ class GuestOs : public GuestAgent {
   std::condition_variable cv_;
   bool pause_requested_ = false;
   bool stop_ = false;
+  bool runnable_ = true;
+  uint32_t throttle_permille_ = 0;
   uint32_t parked_ = 0;
   bool agent_busy_ = false;  // the agent is serving a request
   std::vector<std::thread> vcpus_;

@@ -1,8 +1,10 @@
 #include "emulator/host.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <signal.h>
@@ -70,8 +72,6 @@ struct EmulatedBackend::Cvm {
   };
   std::mutex hv_mu;
   std::vector<std::unique_ptr<Hv>> hvcpus;
-  std::mutex log_mu;
-  DirtyLog log;
   LaunchedInfo info;
 
   Result<Hv*> FindHv(uint32_t index) {
@@ -192,8 +192,6 @@ Result<CvmHandle> EmulatedBackend::LaunchCvm(const LaunchConfig& config) {
     hv->ch = Channel(std::move(reply->fds[3 + i]));
     cvm->hvcpus.push_back(std::move(hv));
   }
-  CPC_ASSIGN_OR_RETURN(cvm->log, DirtyLog::Open(pid, cvm->info.guest_base,
-                                                cvm->info.memory_bytes));
   cleanup.armed = false;
   std::lock_guard<std::mutex> lock(mu_);
   const CvmHandle h = next_++;
@@ -298,8 +296,33 @@ Status EmulatedBackend::ResumeGuest(CvmHandle handle) {
 Result<std::vector<Gpa>> EmulatedBackend::ReadDirtyLog(CvmHandle handle,
                                                        bool rearm) {
   CPC_ASSIGN_OR_RETURN(auto cvm, Find(handle));
-  std::lock_guard<std::mutex> lock(cvm->log_mu);
-  return cvm->log.Read(rearm);
+  // The CVM owns the write-protect marks (its platform tracks written pages
+  // from the same marks); the host asks for its own bitmap, chunk by chunk.
+  const uint64_t pages = cvm->info.memory_bytes >> kPageShift;
+  std::vector<Gpa> out;
+  std::lock_guard<std::mutex> lock(cvm->vm_mu);
+  for (uint64_t first = 0; first < pages; first += kDirtyLogChunkPages) {
+    const uint64_t n = std::min(kDirtyLogChunkPages, pages - first);
+    std::vector<uint8_t> req;
+    ByteWriter w(&req);
+    w.Int<uint8_t>(rearm ? 1 : 0);
+    w.Int<uint64_t>(first);
+    w.Int<uint64_t>(n);
+    std::vector<uint8_t> extra;
+    CPC_RETURN_IF_ERROR(
+        Call(cvm->vm, kMsgDirtyLog, req, &extra).WithContext("dirty log"));
+    ByteReader r(extra);
+    const uint64_t got_first = r.Int<uint64_t>();
+    const uint64_t got_pages = r.Int<uint64_t>();
+    const uint64_t words = (n + 63) / 64;
+    auto raw = r.Bytes(words * sizeof(uint64_t));
+    if (!r.done() || got_first != first || got_pages != n)
+      return Status(Code::kIoError, "malformed dirty log reply");
+    std::vector<uint64_t> bits(words);
+    std::memcpy(bits.data(), raw.data(), raw.size());
+    AppendSetPages(bits, first, &out);
+  }
+  return out;
 }
 
 Result<std::vector<uint8_t>> EmulatedBackend::RequestToken(
@@ -312,6 +335,19 @@ Result<std::vector<uint8_t>> EmulatedBackend::RequestToken(
   std::lock_guard<std::mutex> lock(cvm->mailbox_mu);
   return RequestTokenFromAgent(cvm->shared, cvm->to_guest, cvm->to_host,
                                request, kAgentTimeoutMs, cvm->vm.fd());
+}
+
+Status EmulatedBackend::ThrottleGuest(CvmHandle handle, double fraction) {
+  if (!(fraction >= 0.0 && fraction <= 0.99))
+    return Status(
+        Code::kInvalidArgument,
+        fmt::format("throttle fraction {} is outside [0, 0.99]", fraction));
+  CPC_ASSIGN_OR_RETURN(auto cvm, Find(handle));
+  std::vector<uint8_t> req;
+  ByteWriter(&req).Int<uint32_t>(
+      static_cast<uint32_t>(std::lround(fraction * 1000.0)));
+  std::lock_guard<std::mutex> lock(cvm->vm_mu);
+  return Call(cvm->vm, kMsgThrottle, req);
 }
 
 Status EmulatedBackend::GuestOsAccess(CvmHandle handle, Gpa gpa, bool write) {

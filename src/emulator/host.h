@@ -43,6 +43,7 @@ class EmulatedBackend : public Backend {
   Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) override;
   Result<std::vector<uint8_t>> RequestToken(
       CvmHandle cvm, const TokenRequest& request) override;
+  Status ThrottleGuest(CvmHandle cvm, double fraction) override;
 
   // Beyond the Backend interface, for tests and diagnostics:
   // a compromised guest OS touching `gpa` (the platform model decides).

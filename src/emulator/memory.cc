@@ -1,8 +1,11 @@
 #include "emulator/memory.h"
 
+#include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <iterator>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -100,6 +103,7 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::Create(uint64_t bytes,
                             UFFDIO_WRITEPROTECT_MODE_WP};
   if (::ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
     return ErrnoStatus("UFFDIO_WRITEPROTECT");
+  CPC_ASSIGN_OR_RETURN(m->tracker_, WriteTracker::Open(m->base_, bytes));
   return m;
 }
 
@@ -111,39 +115,117 @@ GuestMemory::~GuestMemory() {
   }
 }
 
-Result<DirtyLog> DirtyLog::Open(pid_t pid, uint64_t base, uint64_t size) {
-  DirtyLog log;
-  int fd = ::open(fmt::format("/proc/{}/pagemap", pid).c_str(),
-                  O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("open pagemap");
-  log.pagemap_ = Fd(fd);
-  log.base_ = base;
-  log.size_ = size;
-  return log;
+namespace {
+// Sets bits [lo, hi) of `bits`.
+void SetRange(PageBits& bits, uint64_t lo, uint64_t hi) {
+  while (lo < hi) {
+    const uint64_t word = lo / 64, bit = lo % 64;
+    const uint64_t n = std::min<uint64_t>(64 - bit, hi - lo);
+    const uint64_t mask = n == 64 ? ~0ull : ((1ull << n) - 1) << bit;
+    bits[word] |= mask;
+    lo += n;
+  }
+}
+}  // namespace
+
+void AppendSetPages(std::span<const uint64_t> bits, uint64_t first_page,
+                    std::vector<Gpa>* out) {
+  for (size_t w = 0; w < bits.size(); ++w) {
+    uint64_t word = bits[w];
+    while (word != 0) {
+      const int bit = std::countr_zero(word);
+      word &= word - 1;
+      out->push_back((first_page + w * 64 + static_cast<uint64_t>(bit))
+                     << kPageShift);
+    }
+  }
 }
 
-Result<std::vector<Gpa>> DirtyLog::Read(bool rearm) {
-  std::vector<Gpa> out;
-  std::vector<page_region> vec(512);
-  uint64_t start = base_;
-  const uint64_t end = base_ + size_;
+Result<std::unique_ptr<WriteTracker>> WriteTracker::Open(uint8_t* base,
+                                                         uint64_t size) {
+  std::unique_ptr<WriteTracker> t(new WriteTracker());
+  int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("open /proc/self/pagemap");
+  t->pagemap_ = Fd(fd);
+  t->base_ = base;
+  t->pages_ = size >> kPageShift;
+  t->host_.assign((t->pages_ + 63) / 64, 0);
+  t->platform_.assign((t->pages_ + 63) / 64, 0);
+  return t;
+}
+
+Status WriteTracker::ScanLocked(uint64_t first_page, uint64_t count) {
+  // Regions come back merged (a run of written pages is one entry), so a
+  // mostly clean guest needs one ioctl; a full vector is continued from
+  // walk_end (pages past it were neither reported nor re-armed).
+  page_region vec[512];
+  const uint64_t base = reinterpret_cast<uint64_t>(base_);
+  uint64_t start = base + (first_page << kPageShift);
+  const uint64_t end = start + (count << kPageShift);
   while (start < end) {
     pm_scan_arg arg = {};
     arg.size = sizeof arg;
-    arg.flags = PM_SCAN_CHECK_WPASYNC | (rearm ? PM_SCAN_WP_MATCHING : 0);
+    arg.flags = PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING;
     arg.start = start;
     arg.end = end;
-    arg.vec = reinterpret_cast<uint64_t>(vec.data());
-    arg.vec_len = vec.size();
+    arg.vec = reinterpret_cast<uint64_t>(vec);
+    arg.vec_len = std::size(vec);
     arg.category_mask = PAGE_IS_WRITTEN;
     arg.return_mask = PAGE_IS_WRITTEN;
     long n = ::ioctl(pagemap_.get(), PAGEMAP_SCAN, &arg);
     if (n < 0) return ErrnoStatus("PAGEMAP_SCAN");
-    for (long i = 0; i < n; ++i)
-      for (uint64_t a = vec[i].start; a < vec[i].end; a += kPageSize)
-        out.push_back(a - base_);
+    for (long i = 0; i < n; ++i) {
+      const uint64_t lo = (vec[i].start - base) >> kPageShift;
+      const uint64_t hi = (vec[i].end - base) >> kPageShift;
+      SetRange(host_, lo, hi);
+      SetRange(platform_, lo, hi);
+    }
     if (arg.walk_end <= start) break;
     start = arg.walk_end;
+  }
+  return Status::Ok();
+}
+
+Result<PageBits> WriteTracker::ReadHostLog(uint64_t first_page, uint64_t count,
+                                           bool rearm) {
+  if (first_page % 64 != 0 || first_page > pages_ ||
+      count > pages_ - first_page)
+    return Status(Code::kInvalidArgument,
+                  fmt::format("dirty log range [{}, +{}) of {} pages",
+                              first_page, count, pages_));
+  std::lock_guard<std::mutex> lock(mu_);
+  CPC_RETURN_IF_ERROR(ScanLocked(first_page, count));
+  const uint64_t w0 = first_page / 64, words = (count + 63) / 64;
+  PageBits out(host_.begin() + static_cast<ptrdiff_t>(w0),
+               host_.begin() + static_cast<ptrdiff_t>(w0 + words));
+  // A partial last word holds no pages past the range: the next chunk's
+  // pages stay in the host bitmap.
+  if (count % 64 != 0) out.back() &= (1ull << (count % 64)) - 1;
+  if (rearm)
+    for (uint64_t w = 0; w < words; ++w) host_[w0 + w] &= ~out[w];
+  return out;
+}
+
+Result<std::vector<Gpa>> WriteTracker::TakeWritten(GpaRange range) {
+  const uint64_t first = range.base >> kPageShift;
+  if (range.base % kPageSize != 0 || first > pages_ ||
+      range.pages > pages_ - first)
+    return Status(Code::kInvalidArgument, "range outside tracked memory");
+  std::lock_guard<std::mutex> lock(mu_);
+  CPC_RETURN_IF_ERROR(ScanLocked(first, range.pages));
+  std::vector<Gpa> out;
+  const uint64_t end = first + range.pages;
+  uint64_t p = first;
+  while (p < end) {
+    const uint64_t word = p / 64, bit = p % 64;
+    const uint64_t n = std::min<uint64_t>(64 - bit, end - p);
+    const uint64_t mask = n == 64 ? ~0ull : ((1ull << n) - 1) << bit;
+    const uint64_t hit = platform_[word] & mask;
+    if (hit != 0) {
+      AppendSetPages(std::span<const uint64_t>(&hit, 1), word * 64, &out);
+      platform_[word] &= ~hit;
+    }
+    p += n;
   }
   return out;
 }
@@ -151,18 +233,18 @@ Result<std::vector<Gpa>> DirtyLog::Read(bool rearm) {
 Status ProbeDirtyTracking() {
   auto mem = GuestMemory::Create(k2M, true);
   if (!mem.ok()) return mem.status();
-  auto log = DirtyLog::Open(
-      ::getpid(), reinterpret_cast<uint64_t>((*mem)->base()), (*mem)->size());
-  if (!log.ok()) return log.status();
-  auto before = log->Read(true);
+  WriteTracker* t = (*mem)->tracker();
+  auto before = t->ReadHostLog(0, t->pages(), true);
   if (!before.ok()) return before.status();
   (*mem)->At(5 * kPageSize)[7] = 1;
-  auto after = log->Read(true);
+  auto after = t->ReadHostLog(0, t->pages(), true);
   if (!after.ok()) return after.status();
-  if (after->size() != 1 || (*after)[0] != 5 * kPageSize)
+  std::vector<Gpa> gpas;
+  AppendSetPages(*after, 0, &gpas);
+  if (gpas.size() != 1 || gpas[0] != 5 * kPageSize)
     return Status(
         Code::kUnimplemented,
-        fmt::format("dirty log saw {} pages for 1 write", after->size()));
+        fmt::format("dirty log saw {} pages for 1 write", gpas.size()));
   return Status::Ok();
 }
 

@@ -70,6 +70,17 @@ class EmulatedPlatform : public GuestPlatform {
   virtual Result<VcpuRegs> LoadVcpu(uint32_t vcpu) = 0;
   // Self-diagnosis for `cpc info`.
   virtual std::vector<ProbeFact> Probe() const = 0;
+
+  // Written-page tracking and the guest OS's right to run are implemented
+  // once for every platform by the emulated machine (the CVM process wraps
+  // the platform it hands to the CPC runtime, see cvm.cc): the write marks
+  // and the gvCPUs belong to the machine, not to a platform model.
+  Result<std::vector<Gpa>> TakeWrittenPages() final {
+    return Status(Code::kUnimplemented, "provided by the emulated machine");
+  }
+  Status SetGuestOsRunnable(bool) final {
+    return Status(Code::kUnimplemented, "provided by the emulated machine");
+  }
 };
 
 }  // namespace emu

@@ -18,6 +18,11 @@ enum MsgType : uint16_t {
   kMsgShutdown = 5,
   kMsgGuestAccess = 6,  // u64 gpa, u8 write: a compromised guest OS's access
   kMsgHvcpuTid = 7,     // u32 index: the OS thread id of the hvCPU's context
+  // u8 rearm, u64 first_page (multiple of 64), u64 pages: the host's dirty
+  // log for those pages. Reply payload: u64 first_page, u64 pages, then
+  // ceil(pages / 64) u64 words (bit i = page first_page + i).
+  kMsgDirtyLog = 8,
+  kMsgThrottle = 9,  // u32 per-mille of every 10 ms the gvCPUs do not run
   // VM channel, CVM -> host.
   kMsgLaunched =
       20,          // identity + layout; fds: memfd, bell to guest, bell to host
@@ -26,6 +31,10 @@ enum MsgType : uint16_t {
   kMsgEnter = 40,  // HvcpuEntry
   kMsgExit = 41,   // HvcpuExit (or kMsgReply with an error)
 };
+
+// Pages of dirty log per kMsgDirtyLog (a 512 KiB bitmap, 16 GiB of guest):
+// a reply stays below Channel::kMaxMessage.
+inline constexpr uint64_t kDirtyLogChunkPages = 4ull << 20;
 
 // The fd number the VM channel has in a freshly spawned CVM process.
 inline constexpr int kVmChannelFd = 3;

@@ -2,6 +2,7 @@
 
 #include "modules/attest.h"
 #include "modules/audit.h"
+#include "modules/migrate.h"
 #include "modules/snapshot.h"
 
 CPC_NAMESPACE_BEGIN
@@ -10,6 +11,7 @@ Status InstallBuiltinModules(ModuleRegistry& registry) {
   CPC_RETURN_IF_ERROR(registry.Register(MakeAttestModule()));
   CPC_RETURN_IF_ERROR(registry.Register(MakeAuditModule()));
   CPC_RETURN_IF_ERROR(registry.Register(MakeSnapshotModule()));
+  CPC_RETURN_IF_ERROR(registry.Register(MakeMigrateModule()));
   return Status::Ok();
 }
 

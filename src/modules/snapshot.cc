@@ -31,14 +31,6 @@ namespace {
 constexpr uint16_t kManifestStream = 0xFFFF;     // outside the record streams
 constexpr uint32_t kManifestMagic = 0x4d4e5043;  // "CPNM"
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
 Result<SecretBytes> SnapshotKey(GuestPlatform& p, const SessionId& id) {
   static constexpr std::string_view kContext = "cpc/snapshot/v1";
   CPC_ASSIGN_OR_RETURN(
@@ -161,18 +153,16 @@ Result<SessionId> ReadId(ByteReader& r) {
   return id;
 }
 
-// Checks a host-supplied ring against the shared memory.
+// Checks a host-supplied ring (two buffers) against the shared memory.
 Result<std::array<uint8_t*, 2>> MapRing(CallContext& ctx, ByteReader& r,
                                         uint64_t* payload) {
   const uint64_t off = r.Int<uint64_t>(), buf = r.Int<uint64_t>();
-  auto shared = ctx.shared_memory();
-  if (!r.ok() || off % 64 != 0 || buf % 64 != 0 || buf < MinRingBuffer() ||
-      off > shared.size() || 2 * buf > shared.size() - off)
-    return Status(Code::kInvalidArgument,
-                  "snapshot ring outside the shared memory");
+  if (!r.ok())
+    return Status(Code::kInvalidArgument, "missing snapshot ring arguments");
+  CPC_ASSIGN_OR_RETURN(auto bufs, ring::MapRing(ctx.shared_memory(), off, buf,
+                                                2, MinRingBuffer()));
   *payload = buf - sizeof(RingHead);
-  return std::array<uint8_t*, 2>{shared.data() + off,
-                                 shared.data() + off + buf};
+  return std::array<uint8_t*, 2>{bufs[0], bufs[1]};
 }
 
 RingHead* Head(uint8_t* b) { return reinterpret_cast<RingHead*>(b); }
@@ -387,18 +377,9 @@ class SnapshotModule final : public Module {
     int cur = 0;
     for (;;) {
       RingHead* h = Head(bufs[cur]);
-      if (h->state.load(std::memory_order_acquire) != kFull) {
-        // The host's reader usually fills it within microseconds; a round
-        // trip through the host costs far more, so spin briefly first.
-        const auto until = Clock::now() + std::chrono::microseconds(300);
-        while (h->state.load(std::memory_order_acquire) != kFull &&
-               Clock::now() < until)
-          CpuRelax();
-        if (h->state.load(std::memory_order_acquire) != kFull) {
-          CPC_RETURN_IF_ERROR(ctx.Yield());  // wait for the host to fill it
-          continue;
-        }
-      }
+      CPC_RETURN_IF_ERROR(ring::WaitFor(ctx, [h] {
+        return h->state.load(std::memory_order_acquire) == kFull;
+      }));
       const uint64_t len = h->len;
       const bool eos = (h->flags & kEndOfStream) != 0;
       if (len > payload)

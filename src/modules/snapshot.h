@@ -26,23 +26,20 @@
 
 #include <cpc/module.h>
 
+#include "modules/ring.h"
+
 CPC_NAMESPACE_BEGIN
 namespace snap {
 
 inline constexpr char kModule[] = "snapshot";
 using SessionId = std::array<uint8_t, 16>;
 
-struct RingHead {
-  std::atomic<uint32_t> state;  // kFree / kFull
-  uint32_t flags;               // kEndOfStream (import)
-  uint64_t len;                 // payload bytes
-  uint8_t pad[48];
-};
-static_assert(sizeof(RingHead) == 64);
-inline constexpr uint32_t kFree = 0;     // the producer may fill it
-inline constexpr uint32_t kFull = 1;     // filled, not yet taken
-inline constexpr uint32_t kWriting = 2;  // export: the host is writing it out
-inline constexpr uint32_t kEndOfStream = 1;
+// The rings are the shared record rings of modules/ring.h (two buffers).
+using ring::kEndOfStream;
+using ring::kFree;
+using ring::kFull;
+using ring::kWriting;
+using ring::RingHead;
 
 struct Ring {
   uint64_t offset = 0;     // in the shared memory

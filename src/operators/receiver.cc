@@ -449,6 +449,13 @@ Result<std::unique_ptr<Receiver>> Receiver::Create(
   return rx;
 }
 
+uint64_t Receiver::CountImportedPages() const {
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < pages_; ++i)
+    n += page_mark_[i].load(std::memory_order_relaxed) != 0 ? 1 : 0;
+  return n;
+}
+
 bool Receiver::started() const {
   std::shared_lock lock(mu_);
   return state_ == State::kStarted;

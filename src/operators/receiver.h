@@ -136,6 +136,8 @@ class Receiver {
   // A valid abort token from the peer arrived (source side): the source may
   // resume.
   bool peer_aborted() const;
+  // Distinct guest pages imported at least once in this session (O(pages)).
+  uint64_t CountImportedPages() const;
 
   // Destination side of the abort protocol: marks this receiver aborted
   // (refusing every later record, the start token included) and then seals

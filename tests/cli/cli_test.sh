@@ -9,7 +9,8 @@ CASE=$2
 # guest's snapshot is ~64 MiB).
 ulimit -f $((1024 * 1024))
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cpc-cli-test.XXXXXX") || exit 1
-trap 'rm -rf "$WORK"' EXIT
+BG_PID=  # a background `cpc incoming`, if any
+trap '[ -n "$BG_PID" ] && kill "$BG_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 fail() {
   echo "FAIL ($CASE): $*" >&2
@@ -45,6 +46,11 @@ small_snapshot() {
   grep -q "^snapshot written to " "$WORK/snapshot.out" || fail "no summary"
   grep -Eq "^memory digest .*: [0-9a-f]{64}$" "$WORK/snapshot.out" ||
     fail "no digest printed"
+}
+
+# A line's 64-hex-digit digest: the first such word in lines matching $2.
+digest_of() {
+  grep -E "$2" "$WORK/$1.out" | grep -Eo '\b[0-9a-f]{64}\b' | head -1
 }
 
 case "$CASE" in
@@ -98,7 +104,85 @@ case "$CASE" in
     one_error_line bad4 "invalid_argument: snapshot: --out FILE is required"
     run bad5 2 frobnicate
     one_error_line bad5 "invalid_argument: unknown command 'frobnicate'"
+    run bad6 2 migrate --streams 0
+    one_error_line bad6 "invalid_argument: migrate: --streams wants"
+    run bad7 2 migrate --to nowhere
+    one_error_line bad7 "invalid_argument: migrate: --to: bad endpoint"
+    run bad8 2 migrate --workload cpu
+    one_error_line bad8 "invalid_argument: migrate: --workload must be"
+    run bad9 2 incoming --run-ms 5
+    one_error_line bad9 "invalid_argument: incoming: --listen HOST:PORT"
     [ ! -e "$WORK/x.snap" ] || fail "a usage error wrote a file"
+    ;;
+  migrate)
+    # The demo, small: the source VMM migrates a 64 MiB guest with a dirty
+    # workload to the `cpc incoming` process it starts itself.
+    run migrate 0 migrate --memory-mib 64 --workload dirty --progress lines
+    out="$WORK/migrate.out"
+    grep -q "^memory equality: PASS (digest [0-9a-f]\{64\}" "$out" ||
+      fail "no memory equality PASS"
+    # Two VMM processes: the destination's own lines came back, its digest
+    # is the source's.
+    grep -Eq "^destination VMM \(pid [0-9]+, emulated chip 2\): cpc incoming \
+listening on 127\.0\.0\.1:[0-9]+$" "$out" || fail "no destination process"
+    src=$(digest_of migrate "^source memory digest ")
+    dst=$(digest_of migrate "^  \| digest [0-9a-f]{64} pages [0-9]+ ")
+    [ -n "$src" ] && [ "$src" = "$dst" ] || fail "digests differ: $src vs $dst"
+    # query-migrate-like statistics.
+    for row in status transferred rounds rate "dirty rate" throttle \
+      "setup time" downtime; do
+      grep -Eq "^  $row +" "$out" || fail "no '$row' row"
+    done
+    grep -Eq "^  status +completed$" "$out" || fail "not completed"
+    grep -Eq "^  downtime +.* expected, .* actual " "$out" ||
+      fail "no expected vs actual downtime"
+    # Never both: the source is refused, the destination ran the guest.
+    grep -q "^source can no longer run: ResumeGuest refused: \
+failed_precondition " "$out" || fail "the source was not refused"
+    grep -Eq "^  \| guest resumed on this machine: .* dirtied [1-9][0-9]* \
+pages" "$out" || fail "the destination did not run a dirtying guest"
+    # The child was reaped: its pid is gone.
+    pid=$(grep -Eo "^destination VMM \(pid [0-9]+" "$out" | grep -Eo "[0-9]+$")
+    [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null || fail "child $pid left"
+    grep -q "^migrate .*100%" "$WORK/migrate.err" || fail "no progress lines"
+    ! grep -q "^cpc: " "$WORK/migrate.err" || fail "error line on success"
+    echo "migrate ok: digest $src"
+    ;;
+  migrate_to)
+    # Two VMMs started separately: `cpc incoming` and `cpc migrate --to`.
+    "$CPC" incoming --listen 127.0.0.1:0 --run-ms 50 --progress lines \
+      >"$WORK/incoming.out" 2>"$WORK/incoming.err" &
+    BG_PID=$!
+    addr=
+    for _ in $(seq 1 300); do
+      addr=$(sed -n 's/^listening on //p' "$WORK/incoming.out" | head -1)
+      [ -n "$addr" ] && break
+      kill -0 "$BG_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    [ -n "$addr" ] || fail "cpc incoming did not print 'listening on'"
+    run migrate 0 migrate --to "$addr" --memory-mib 64 --streams 1 \
+      --workload dirty --progress none
+    wait "$BG_PID"
+    rc=$?
+    BG_PID=
+    [ "$rc" -eq 0 ] || fail "cpc incoming exited $rc"
+    src=$(digest_of migrate "^memory equality: compare with ")
+    dst=$(digest_of incoming "^digest [0-9a-f]{64} pages [0-9]+ ")
+    [ -n "$src" ] && [ "$src" = "$dst" ] || fail "digests differ: $src vs $dst"
+    grep -q "^guest resumed on this machine" "$WORK/incoming.out" ||
+      fail "incoming did not run the guest"
+    grep -q "^incoming .*100%" "$WORK/incoming.err" ||
+      fail "no incoming progress lines"
+    echo "migrate_to ok: digest $src"
+    ;;
+  migrate_unreachable)
+    # Nothing listens on port 1: one error line, exit 1, no statistics.
+    run unreachable 1 migrate --to 127.0.0.1:1 --memory-mib 64
+    one_error_line unreachable "io_error: migration to 127\.0\.0\.1:1: "
+    ! grep -q "memory equality" "$WORK/unreachable.out" ||
+      fail "printed a result"
+    echo "migrate_unreachable ok: $(cat "$WORK/unreachable.err")"
     ;;
   *)
     fail "unknown case"

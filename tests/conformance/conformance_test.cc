@@ -1,7 +1,12 @@
 // The backend conformance suite: one set of tests every backend passes,
 // run against each built-in backend through the public Backend interface
 // (host face) and the CVM image's modules (guest face).
+#include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -13,6 +18,7 @@
 #include "conformance/canary.h"
 #include "emulator/host.h"
 #include "emulator/launch.h"
+#include "emulator/memory.h"
 #include "modules/audit.h"
 #include "test_util.h"
 
@@ -39,7 +45,10 @@ cpc::TenantPolicy Policy() {
   cpc::ModulePolicy hog;
   hog.module = "hog";
   hog.procedures = {"spin"};
-  p.modules = {audit, seal, hog};
+  cpc::ModulePolicy probe;
+  probe.module = "probe";
+  probe.procedures = {"written", "runnable", "evidence", "verify"};
+  p.modules = {audit, seal, probe, hog};
   return p;
 }
 
@@ -103,6 +112,61 @@ cpc::Result<std::vector<uint8_t>> Digest(cpc::Backend& b, cpc::CvmHandle cvm,
           AuditEntry(token), cpc::AbortPolicy{}));
   if (!out.status.ok()) return out.status;
   return out.output;
+}
+
+// A token for the test image's "probe" module (see test_image.cc).
+std::vector<uint8_t> ProbeToken(cpc::Backend& b, cpc::CvmHandle cvm,
+                                const std::string& procedure) {
+  auto t = b.RequestToken(cvm, {"probe", procedure, {}});
+  REQUIRE_OK(t);
+  return *t;
+}
+
+// Runs probe.`procedure` with `args` to completion; the call's own outcome.
+cpc::Result<std::vector<uint8_t>> Probe(cpc::Backend& b, cpc::CvmHandle cvm,
+                                        const std::string& procedure,
+                                        std::vector<uint8_t> args = {},
+                                        std::vector<uint8_t> token = {}) {
+  if (token.empty()) token = ProbeToken(b, cvm, procedure);
+  HvcpuEntry e;
+  e.module = "probe";
+  e.procedure = procedure;
+  e.token = std::move(token);
+  e.args = std::move(args);
+  CPC_ASSIGN_OR_RETURN(HvcpuExit exit, b.ScheduleHvcpu(cvm, 0, e));
+  REQUIRE(exit.reason == HvcpuExit::Reason::kCompleted);
+  if (!exit.status.ok()) return exit.status;
+  return exit.output;
+}
+
+std::vector<cpc::Gpa> Gpas(const std::vector<uint8_t>& le) {
+  REQUIRE(le.size() % 8 == 0);
+  std::vector<cpc::Gpa> out(le.size() / 8);
+  for (size_t i = 0; i < out.size(); ++i)
+    for (int b = 0; b < 8; ++b)
+      out[i] |= static_cast<cpc::Gpa>(le[i * 8 + b]) << (8 * b);
+  return out;
+}
+
+// TakeWrittenPages inside the CVM (with a token obtained earlier if given).
+std::vector<cpc::Gpa> Written(cpc::Backend& b, cpc::CvmHandle cvm,
+                              std::vector<uint8_t> token = {}) {
+  auto out = Probe(b, cvm, "written", {}, std::move(token));
+  REQUIRE_OK(out);
+  return Gpas(*out);
+}
+
+cpc::Status SetRunnable(cpc::Backend& b, cpc::CvmHandle cvm, bool runnable,
+                        std::vector<uint8_t> token) {
+  auto out = Probe(b, cvm, "runnable", {static_cast<uint8_t>(runnable)},
+                   std::move(token));
+  return out.status();
+}
+
+// Where a backend's evidence carries the signed report (to tamper with it).
+std::optional<size_t> EvidenceReportOffset(const std::string& backend) {
+  if (backend == "sev-snp") return 12;  // sev::kEvidenceReportOffset
+  return std::nullopt;
 }
 
 double CpuSeconds(pid_t pid) {
@@ -431,4 +495,243 @@ TEST_CASE(
     REQUIRE(probe(*a, "snapshot") != probe(*c, "snapshot"));  // per policy
     for (auto h : {*a, *b, *c}) REQUIRE_OK(env.b->DestroyCvm(h));
   }
+}
+
+TEST_CASE(
+    "conformance: the platform's written-page record survives the host "
+    "re-arming its dirty log") {
+  for (auto& env : Backends()) {
+    INFO(env.backend);
+    auto cvm = env.b->LaunchCvm(Config(
+        {{"workload", "dirty"}, {"dirty_mib_s", "64"}, {"wss_mib", "4"}}));
+    REQUIRE_OK(cvm);
+    const cpc::Gpa cpc_base = env.emu->Info(*cvm)->cpc_base;
+    // The first call names every page written since launch (the guest OS
+    // booted: its allocator wrote every page of its area), all below the
+    // CPC region, sorted.
+    auto first = Written(*env.b, *cvm);
+    REQUIRE(first.size() > kOsPages / 2);
+    REQUIRE(std::is_sorted(first.begin(), first.end()));
+    REQUIRE(first.back() < cpc_base);
+
+    // Both records start clean at the same instant (the guest is paused).
+    auto t0 = ProbeToken(*env.b, *cvm, "written");
+    REQUIRE_OK(env.b->PauseGuest(*cvm));
+    REQUIRE_OK(env.b->ReadDirtyLog(*cvm, true));
+    (void)Written(*env.b, *cvm, t0);
+    REQUIRE_OK(env.b->ResumeGuest(*cvm));
+    // The (adversarial) host re-arms its own log over and over while the
+    // guest writes: every write it saw is still in the platform's record,
+    // and the record is not empty.
+    std::set<cpc::Gpa> host_saw;
+    for (int i = 0; i < 40; ++i) {
+      auto d = env.b->ReadDirtyLog(*cvm, true);
+      REQUIRE_OK(d);
+      for (cpc::Gpa g : *d)
+        if (g < cpc_base) host_saw.insert(g);
+      std::this_thread::sleep_for(3ms);
+    }
+    REQUIRE(host_saw.size() > 16);
+    auto taken = Written(*env.b, *cvm);
+    REQUIRE(std::is_sorted(taken.begin(), taken.end()));
+    REQUIRE(taken.size() > 16);
+    const std::set<cpc::Gpa> taken_set(taken.begin(), taken.end());
+    for (cpc::Gpa g : host_saw) REQUIRE(taken_set.count(g) == 1);
+    // The host's log is unaffected by the platform's takes.
+    std::this_thread::sleep_for(30ms);
+    (void)Written(*env.b, *cvm);
+    REQUIRE(env.b->ReadDirtyLog(*cvm, false)->size() > 0);
+
+    // Paused: after one take (which holds the pause's own log entry), no
+    // page is written.
+    auto t1 = ProbeToken(*env.b, *cvm, "written");
+    auto t2 = ProbeToken(*env.b, *cvm, "written");
+    REQUIRE_OK(env.b->PauseGuest(*cvm));
+    (void)Written(*env.b, *cvm, t1);
+    std::this_thread::sleep_for(50ms);
+    REQUIRE(Written(*env.b, *cvm, t2).empty());
+    REQUIRE_OK(env.b->ResumeGuest(*cvm));
+    REQUIRE_OK(env.b->DestroyCvm(*cvm));
+  }
+}
+
+TEST_CASE(
+    "conformance: a revoked guest OS cannot be resumed by the host until the "
+    "platform restores it") {
+  for (auto& env : Backends()) {
+    INFO(env.backend);
+    auto cvm = env.b->LaunchCvm(Config(
+        {{"workload", "dirty"}, {"dirty_mib_s", "64"}, {"wss_mib", "4"}}));
+    REQUIRE_OK(cvm);
+    // The guest agent answers only while the guest runs: tokens first.
+    auto refused = ProbeToken(*env.b, *cvm, "runnable");
+    auto revoke = ProbeToken(*env.b, *cvm, "runnable");
+    auto restore = ProbeToken(*env.b, *cvm, "runnable");
+    REQUIRE_CODE(SetRunnable(*env.b, *cvm, false, refused),
+                 Code::kFailedPrecondition);
+    REQUIRE_OK(env.b->PauseGuest(*cvm));
+    REQUIRE_OK(SetRunnable(*env.b, *cvm, false, revoke));
+    auto resumed = env.b->ResumeGuest(*cvm);
+    REQUIRE_CODE(resumed, Code::kFailedPrecondition);
+    REQUIRE_THAT(resumed.message(), Catch::Contains("may not run"));
+    // ... and the guest indeed does not run.
+    REQUIRE_OK(env.b->ReadDirtyLog(*cvm, true));
+    std::this_thread::sleep_for(50ms);
+    auto quiet = env.b->ReadDirtyLog(*cvm, true);
+    REQUIRE_OK(quiet);
+    REQUIRE(quiet->empty());
+    REQUIRE_OK(SetRunnable(*env.b, *cvm, true, restore));
+    REQUIRE_OK(env.b->ResumeGuest(*cvm));
+    std::this_thread::sleep_for(50ms);
+    REQUIRE_FALSE(env.b->ReadDirtyLog(*cvm, true)->empty());
+    REQUIRE_OK(env.b->DestroyCvm(*cvm));
+  }
+}
+
+TEST_CASE(
+    "conformance: peer evidence verifies across chips for the same image and "
+    "policy only") {
+  for (auto& env : Backends()) {
+    INFO(env.backend);
+    // Another machine of the same vendor: another chip.
+    auto f = cpc::BackendRegistry::Builtin().Find(env.backend);
+    REQUIRE_OK(f);
+    auto other_chip =
+        (*f)->Create({{"image", CPC_TEST_CVM_IMAGE}, {"chip_seed", "2"}});
+    REQUIRE_OK(other_chip);
+    auto a = env.b->LaunchCvm(Config());
+    auto b = (*other_chip)->LaunchCvm(Config());
+    auto other = Config();
+    auto pol = Policy();
+    pol.modules.front().per_call.bytes /= 2;
+    other.policy = pol.Serialize();
+    auto c = (*other_chip)->LaunchCvm(other);
+    REQUIRE_OK(a);
+    REQUIRE_OK(b);
+    REQUIRE_OK(c);
+
+    std::vector<uint8_t> rd(64);
+    for (size_t i = 0; i < rd.size(); ++i) rd[i] = static_cast<uint8_t>(i * 7);
+    auto evidence = Probe(*env.b, *a, "evidence", rd);
+    REQUIRE_OK(evidence);
+    REQUIRE(evidence->size() > 64);
+    auto verify = [&](cpc::Backend& be, cpc::CvmHandle h,
+                      const std::vector<uint8_t>& data,
+                      const std::vector<uint8_t>& ev) {
+      std::vector<uint8_t> args = data;
+      args.insert(args.end(), ev.begin(), ev.end());
+      return Probe(be, h, "verify", args).status();
+    };
+    // Same image + policy on another chip: genuine peer.
+    REQUIRE_OK(verify(**other_chip, *b, rd, *evidence));
+    REQUIRE_OK(verify(*env.b, *a, rd, *evidence));
+    // Another policy: another launch measurement.
+    REQUIRE_CODE(verify(**other_chip, *c, rd, *evidence),
+                 Code::kMeasurementMismatch);
+    // Another challenge.
+    auto rd2 = rd;
+    rd2[5] ^= 1;
+    REQUIRE_CODE(verify(**other_chip, *b, rd2, *evidence),
+                 Code::kReportDataMismatch);
+    // Tampered or malformed evidence.
+    if (auto off = EvidenceReportOffset(env.backend)) {
+      auto flipped = *evidence;
+      flipped[*off + 0x90] ^= 0x01;  // in the signed measurement
+      REQUIRE_CODE(verify(**other_chip, *b, rd, flipped),
+                   Code::kReportBadSignature);
+    }
+    auto truncated = *evidence;
+    truncated.resize(truncated.size() - 1);
+    REQUIRE_CODE(verify(**other_chip, *b, rd, truncated),
+                 Code::kInvalidArgument);
+    REQUIRE_CODE(verify(**other_chip, *b, rd, {}), Code::kInvalidArgument);
+    auto mid = *evidence;
+    mid[mid.size() / 2] ^= 0x80;
+    REQUIRE_FALSE(verify(**other_chip, *b, rd, mid).ok());
+    REQUIRE_OK(env.b->DestroyCvm(*a));
+    REQUIRE_OK((*other_chip)->DestroyCvm(*b));
+    REQUIRE_OK((*other_chip)->DestroyCvm(*c));
+  }
+}
+
+TEST_CASE("conformance: throttling the guest slows its dirty rate") {
+  for (auto& env : Backends()) {
+    INFO(env.backend);
+    auto cvm = env.b->LaunchCvm(Config(
+        {{"workload", "dirty"}, {"dirty_mib_s", "32"}, {"wss_mib", "32"}}));
+    REQUIRE_OK(cvm);
+    auto dirtied_in_300ms = [&] {
+      REQUIRE_OK(env.b->ReadDirtyLog(*cvm, true));
+      std::this_thread::sleep_for(300ms);
+      auto d = env.b->ReadDirtyLog(*cvm, true);
+      REQUIRE_OK(d);
+      return d->size();
+    };
+    const size_t full = dirtied_in_300ms();
+    REQUIRE_OK(env.b->ThrottleGuest(*cvm, 0.9));
+    const size_t throttled = dirtied_in_300ms();
+    REQUIRE_OK(env.b->ThrottleGuest(*cvm, 0));
+    const size_t again = dirtied_in_300ms();
+    INFO("unthrottled " << full << ", throttled " << throttled << ", again "
+                        << again);
+    REQUIRE(full > 500);
+    REQUIRE(throttled * 3 < full);
+    REQUIRE(throttled * 3 < again);
+    // The guest still pauses promptly while throttled.
+    REQUIRE_OK(env.b->ThrottleGuest(*cvm, 0.99));
+    REQUIRE_OK(env.b->PauseGuest(*cvm));
+    REQUIRE_OK(env.b->ResumeGuest(*cvm));
+    for (double bad : {1.5, -0.1, 0.995, std::nan("")})
+      REQUIRE_CODE(env.b->ThrottleGuest(*cvm, bad), Code::kInvalidArgument);
+    REQUIRE_OK(env.b->DestroyCvm(*cvm));
+    REQUIRE_CODE(env.b->ThrottleGuest(*cvm, 0.5), Code::kNotFound);
+  }
+}
+
+TEST_CASE(
+    "emulator: the write tracker keeps the host's and the platform's bitmaps "
+    "apart") {
+  using cpc::emu::AppendSetPages;
+  using cpc::emu::GuestMemory;
+  constexpr uint64_t kBytes = 8ull << 20;
+  constexpr uint64_t kPages = kBytes / cpc::kPageSize;
+  auto mem = GuestMemory::Create(kBytes, true);
+  REQUIRE_OK(mem);
+  cpc::emu::WriteTracker* t = (*mem)->tracker();
+  REQUIRE(t != nullptr);
+  REQUIRE(t->pages() == kPages);
+  auto host = [&](uint64_t first, uint64_t n, bool rearm) {
+    auto bits = t->ReadHostLog(first, n, rearm);
+    REQUIRE_OK(bits);
+    std::vector<cpc::Gpa> out;
+    AppendSetPages(*bits, first, &out);
+    return out;
+  };
+  // Start clean on both sides.
+  (void)host(0, kPages, true);
+  REQUIRE_OK(t->TakeWritten({0, kPages}));
+  REQUIRE(host(0, kPages, true).empty());
+  REQUIRE(t->TakeWritten({0, kPages})->empty());
+
+  const std::vector<cpc::Gpa> writes = {0x0, 0x3000, 0x40000, 0x41000,
+                                        kBytes - 0x1000};
+  for (cpc::Gpa g : writes) (*mem)->At(g)[17] = 1;
+  REQUIRE(host(0, kPages, false) == writes);  // kept without rearm
+  REQUIRE(host(0, kPages, true) == writes);
+  REQUIRE(host(0, kPages, true).empty());  // the host's copy is cleared...
+  // ... but not the platform's, which only it clears, inside its range.
+  REQUIRE(*t->TakeWritten({0x1000, 0x100}) ==
+          std::vector<cpc::Gpa>{0x3000, 0x40000, 0x41000});
+  REQUIRE(*t->TakeWritten({0, kPages}) ==
+          std::vector<cpc::Gpa>{0x0, kBytes - 0x1000});
+  REQUIRE(t->TakeWritten({0, kPages})->empty());
+
+  // The host reads in chunks; a partial last word reports no later page.
+  (*mem)->At(64 * cpc::kPageSize)[0] = 2;
+  (*mem)->At(65 * cpc::kPageSize)[0] = 2;
+  REQUIRE(host(0, 65, true) == std::vector<cpc::Gpa>{64 * cpc::kPageSize});
+  REQUIRE(host(64, 64, true) == std::vector<cpc::Gpa>{65 * cpc::kPageSize});
+  REQUIRE_CODE(t->ReadHostLog(1, 8, true), Code::kInvalidArgument);
+  REQUIRE_CODE(t->ReadHostLog(0, kPages + 1, true), Code::kInvalidArgument);
+  REQUIRE_CODE(t->TakeWritten({0, kPages + 1}), Code::kInvalidArgument);
 }

@@ -1,6 +1,7 @@
 // A CVM image for tests: the production modules plus a dishonest one ("hog"
-// spins without ever yielding). Being another executable, it also has
-// another launch measurement than cpc-cvm.
+// spins without ever yielding) and probes of the guest face ("sealprobe",
+// "probe"). Being another executable, it also has another launch
+// measurement than cpc-cvm.
 #include <atomic>
 #include <cstring>
 
@@ -36,6 +37,48 @@ class SealProbe final : public cpc::Module {
     return cpc::Status::Ok();
   }
 };
+// Calls the migration-support methods of the guest face and returns what
+// they return (tests only):
+//   written           -> TakeWrittenPages(), as u64 LE GPAs
+//   runnable  u8      -> SetGuestOsRunnable(arg != 0)
+//   evidence  rd[64]  -> AttestationEvidence(rd)
+//   verify    rd[64] || evidence -> VerifyPeerEvidence(evidence, rd)
+class PlatformProbe final : public cpc::Module {
+ public:
+  std::string_view name() const override { return "probe"; }
+  std::vector<std::string> procedures() const override {
+    return {"written", "runnable", "evidence", "verify"};
+  }
+  cpc::Isolation isolation() const override { return cpc::Isolation::kPlain; }
+  cpc::Status Run(cpc::CallContext& ctx) override {
+    cpc::GuestPlatform& p = ctx.platform();
+    const auto args = ctx.args();
+    const std::string_view proc = ctx.procedure();
+    if (proc == "written") {
+      CPC_ASSIGN_OR_RETURN(auto pages, p.TakeWrittenPages());
+      std::vector<uint8_t> out(pages.size() * 8);
+      for (size_t i = 0; i < pages.size(); ++i)
+        for (int b = 0; b < 8; ++b)
+          out[i * 8 + b] = static_cast<uint8_t>(pages[i] >> (8 * b));
+      ctx.SetOutput(std::move(out));
+      return cpc::Status::Ok();
+    }
+    if (proc == "runnable") {
+      if (args.size() != 1)
+        return cpc::Status(cpc::Code::kInvalidArgument, "one byte");
+      return p.SetGuestOsRunnable(args[0] != 0);
+    }
+    if (args.size() < 64)
+      return cpc::Status(cpc::Code::kInvalidArgument, "report_data[64] first");
+    std::span<const uint8_t, 64> rd(args.data(), 64);
+    if (proc == "evidence") {
+      CPC_ASSIGN_OR_RETURN(auto evidence, p.AttestationEvidence(rd));
+      ctx.SetOutput(std::move(evidence));
+      return cpc::Status::Ok();
+    }
+    return p.VerifyPeerEvidence(args.subspan(64), rd);
+  }
+};
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -44,6 +87,7 @@ int main(int argc, char** argv) {
       cpc::MakeEmulatedPlatform, [](cpc::ModuleRegistry& r) -> cpc::Status {
         CPC_RETURN_IF_ERROR(cpc::InstallBuiltinModules(r));
         CPC_RETURN_IF_ERROR(r.Register(std::make_unique<SealProbe>()));
+        CPC_RETURN_IF_ERROR(r.Register(std::make_unique<PlatformProbe>()));
         return r.Register(std::make_unique<Hog>());
       });
 }

@@ -40,6 +40,7 @@ class NamedBackend : public cpc::Backend {
       cpc::CvmHandle, const cpc::TokenRequest&) override {
     return cpc::Status(Code::kNotApproved, "no agent");
   }
+  cpc::Status ThrottleGuest(cpc::CvmHandle, double) override { return {}; }
 
  private:
   std::string n_;

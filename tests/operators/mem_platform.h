@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <cpc/backend.h>
@@ -19,8 +20,11 @@ namespace cpc_test {
 
 // Guest memory in one aligned heap block, `vcpus` fake gvCPUs whose state is
 // a blob. Export/import of vCPU state is only allowed while paused, like the
-// real platforms. Page access is thread-safe (it touches no shared state);
-// pages listed in fail_write_ are refused to model a platform refusal.
+// real platforms. Page access is thread-safe; pages listed in fail_write_ are
+// refused to model a platform refusal. Written pages: every page counts as
+// written at first (as after a launch), then each PrivatePageForWrite (or
+// MarkWritten, for writes through mem()) records its page. Evidence is
+// kEvidencePrefix || report_data, verified byte for byte.
 class MemPlatform final : public cpc::GuestPlatform {
  public:
   MemPlatform(uint64_t bytes, uint32_t vcpus, size_t state_bytes = 700)
@@ -54,6 +58,16 @@ class MemPlatform final : public cpc::GuestPlatform {
     paused_ = p;
   }
   void FailWritesTo(cpc::Gpa gpa) { fail_write_.insert(gpa); }
+  void MarkWritten(cpc::Gpa gpa) {
+    std::lock_guard lock(mu_);
+    written_.insert(gpa & ~(cpc::kPageSize - 1));
+  }
+  bool runnable() {
+    std::lock_guard lock(mu_);
+    return runnable_;
+  }
+
+  static constexpr std::string_view kEvidencePrefix = "mem-platform-evidence";
 
   uint64_t memory_bytes() const override { return bytes_; }
   cpc::GpaRange GuestOsMemory() const override {
@@ -71,6 +85,7 @@ class MemPlatform final : public cpc::GuestPlatform {
     CPC_RETURN_IF_ERROR(Check(gpa));
     if (fail_write_.count(gpa) != 0)
       return cpc::Status(cpc::Code::kPermissionDenied, "injected refusal");
+    MarkWritten(gpa);
     return std::span<uint8_t>(mem_.get() + gpa, cpc::kPageSize);
   }
   cpc::Result<std::vector<uint8_t>> ExportVcpuState(uint32_t vcpu) override {
@@ -104,6 +119,44 @@ class MemPlatform final : public cpc::GuestPlatform {
   cpc::Result<cpc::SecretBytes> SealingKey(std::span<const uint8_t>) override {
     return Unimplemented();
   }
+  cpc::Result<std::vector<uint8_t>> AttestationEvidence(
+      std::span<const uint8_t, 64> report_data) override {
+    std::vector<uint8_t> e(kEvidencePrefix.begin(), kEvidencePrefix.end());
+    e.insert(e.end(), report_data.begin(), report_data.end());
+    return e;
+  }
+  cpc::Status VerifyPeerEvidence(
+      std::span<const uint8_t> evidence,
+      std::span<const uint8_t, 64> report_data) override {
+    if (evidence.size() != kEvidencePrefix.size() + 64 ||
+        std::memcmp(evidence.data(), kEvidencePrefix.data(),
+                    kEvidencePrefix.size()) != 0)
+      return cpc::Status(cpc::Code::kInvalidArgument,
+                         "not MemPlatform evidence");
+    if (std::memcmp(evidence.data() + kEvidencePrefix.size(),
+                    report_data.data(), 64) != 0)
+      return cpc::Status(cpc::Code::kReportDataMismatch, "report_data differs");
+    return cpc::Status::Ok();
+  }
+  cpc::Result<std::vector<cpc::Gpa>> TakeWrittenPages() override {
+    std::lock_guard lock(mu_);
+    std::vector<cpc::Gpa> out;
+    if (all_written_) {
+      for (cpc::Gpa g = 0; g < bytes_; g += cpc::kPageSize) out.push_back(g);
+      all_written_ = false;
+    } else {
+      out.assign(written_.begin(), written_.end());
+    }
+    written_.clear();
+    return out;
+  }
+  cpc::Status SetGuestOsRunnable(bool runnable) override {
+    std::lock_guard lock(mu_);
+    if (!runnable && !paused_)
+      return cpc::Status(cpc::Code::kFailedPrecondition, "vCPUs running");
+    runnable_ = runnable;
+    return cpc::Status::Ok();
+  }
 
  private:
   struct Free {
@@ -123,6 +176,9 @@ class MemPlatform final : public cpc::GuestPlatform {
   std::mutex mu_;
   std::vector<std::vector<uint8_t>> states_;
   bool paused_ = true;
+  bool runnable_ = true;
+  bool all_written_ = true;
+  std::set<cpc::Gpa> written_;
   std::set<cpc::Gpa> fail_write_;
 };
 

@@ -245,3 +245,67 @@ TEST_CASE("sev.attest: guest message rules", "[sev]") {
     REQUIRE_CODE(m, Code::kFailedPrecondition);
   }
 }
+
+TEST_CASE("sev.attest: peer evidence encoding and verification", "[sev]") {
+  Guest a(1), b(2);  // the same guest on two chips of the same vendor
+  const ReportData rd = Data(0x33);
+  auto rep = a.Messenger(0).GetReport(rd, 0);
+  REQUIRE_OK(rep);
+  Evidence e{*rep, a.fw->cert_chain()};
+  const std::vector<uint8_t> enc = e.Encode();
+  REQUIRE(LoadLe<uint32_t>(enc.data()) == kEvidenceMagic);
+  REQUIRE(LoadLe<uint32_t>(enc.data() + 4) == kEvidenceVersion);
+  REQUIRE(std::memcmp(enc.data() + kEvidenceReportOffset, rep->data(),
+                      kReportSize) == 0);
+  auto dec = Evidence::Decode(enc);
+  REQUIRE_OK(dec);
+  REQUIRE(dec->report == *rep);
+  REQUIRE(dec->chain.vcek == a.fw->cert_chain().vcek);
+
+  auto ark = DefaultArkSpki();
+  REQUIRE_OK(ark);
+  auto meas = b.fw->measurement();
+  REQUIRE_OK(meas);
+  ReportExpectations ex;
+  ex.measurement = *meas;
+  ex.policy = kPolicyReservedMbo | kPolicySmt;
+  ex.report_data = rd;
+  ex.vmpl = 0;
+  REQUIRE_OK(VerifyEvidence(enc, *ark, ex));
+
+  // Malformed: every truncation, trailing bytes, wrong magic / version,
+  // a report of the wrong size, an absurd length.
+  for (size_t n = 0; n < enc.size(); n += 97)
+    REQUIRE_CODE(Evidence::Decode(std::span(enc).first(n)),
+                 Code::kInvalidArgument);
+  auto bad = enc;
+  bad.push_back(0);
+  REQUIRE_CODE(VerifyEvidence(bad, *ark, ex), Code::kInvalidArgument);
+  for (size_t off : {size_t{0}, size_t{4}, size_t{8}, size_t{11}}) {
+    bad = enc;
+    bad[off] ^= 0x01;
+    INFO("offset " << off);
+    REQUIRE_CODE(VerifyEvidence(bad, *ark, ex), Code::kInvalidArgument);
+  }
+  // Tampering with the report or the chain.
+  bad = enc;
+  bad[kEvidenceReportOffset + report_off::kPolicy] ^= 0x01;
+  REQUIRE_CODE(VerifyEvidence(bad, *ark, ex), Code::kReportBadSignature);
+  ChipConfig cc = ChipConfig::FromSeed(1);
+  cc.vendor_seed = {9, 9, 9};
+  auto rogue = SnpFirmware::Create(cc);
+  REQUIRE_OK(rogue);
+  REQUIRE_CODE(
+      VerifyEvidence(Evidence{*rep, (*rogue)->cert_chain()}.Encode(), *ark, ex),
+      Code::kReportBadChain);
+  // Another guest (image) or another challenge.
+  Guest other_image(2, 0x43);
+  auto other_meas = other_image.fw->measurement();
+  REQUIRE_OK(other_meas);
+  ReportExpectations e2 = ex;
+  e2.measurement = *other_meas;
+  REQUIRE_CODE(VerifyEvidence(enc, *ark, e2), Code::kMeasurementMismatch);
+  e2 = ex;
+  e2.report_data = Data(0x34);
+  REQUIRE_CODE(VerifyEvidence(enc, *ark, e2), Code::kReportDataMismatch);
+}

@@ -399,6 +399,64 @@ Result<std::vector<uint8_t>> EmulatedVendor::IssueVcek(
                   static_cast<long>(tcb.Raw() & 0x7fffffff) + 3, &chip_id);
 }
 
+// ---------------------------------------------------------- Evidence
+
+Result<std::vector<uint8_t>> DefaultArkSpki() {
+  static const Result<std::vector<uint8_t>> ark =
+      []() -> Result<std::vector<uint8_t>> {
+    CPC_ASSIGN_OR_RETURN(EmulatedVendor v, EmulatedVendor::Create());
+    return v.ark_public_der();
+  }();
+  return ark;
+}
+
+std::vector<uint8_t> Evidence::Encode() const {
+  std::vector<uint8_t> out;
+  ByteWriter w(&out);
+  w.Int<uint32_t>(kEvidenceMagic);
+  w.Int<uint32_t>(kEvidenceVersion);
+  for (const auto* f : {&report, &chain.ark, &chain.ask, &chain.vcek}) {
+    w.Int<uint32_t>(static_cast<uint32_t>(f->size()));
+    w.Bytes(*f);
+  }
+  return out;
+}
+
+Result<Evidence> Evidence::Decode(std::span<const uint8_t> bytes) {
+  ByteReader r(bytes);
+  const uint32_t magic = r.Int<uint32_t>();
+  const uint32_t version = r.Int<uint32_t>();
+  if (!r.ok() || magic != kEvidenceMagic)
+    return Status(Code::kInvalidArgument, "not SEV-SNP evidence");
+  if (version != kEvidenceVersion)
+    return Status(Code::kInvalidArgument,
+                  fmt::format("SEV-SNP evidence version {} (expected {})",
+                              version, kEvidenceVersion));
+  Evidence e;
+  for (auto* f : {&e.report, &e.chain.ark, &e.chain.ask, &e.chain.vcek}) {
+    const uint32_t n = r.Int<uint32_t>();
+    if (n > kEvidenceMaxField)
+      return Status(Code::kInvalidArgument, "oversized evidence field");
+    auto b = r.Bytes(n);
+    if (!r.ok())
+      return Status(Code::kInvalidArgument, "truncated SEV-SNP evidence");
+    f->assign(b.begin(), b.end());
+  }
+  if (!r.done())
+    return Status(Code::kInvalidArgument, "trailing bytes after evidence");
+  if (e.report.size() != kReportSize)
+    return Status(Code::kInvalidArgument,
+                  fmt::format("evidence report of {} bytes", e.report.size()));
+  return e;
+}
+
+Status VerifyEvidence(std::span<const uint8_t> evidence,
+                      std::span<const uint8_t> trusted_ark_spki,
+                      const ReportExpectations& expect) {
+  CPC_ASSIGN_OR_RETURN(Evidence e, Evidence::Decode(evidence));
+  return VerifyReport(e.report, e.chain, trusted_ark_spki, expect);
+}
+
 // ---------------------------------------------------------- VerifyReport
 
 Status VerifyReport(std::span<const uint8_t> report, const CertChain& chain,

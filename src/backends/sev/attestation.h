@@ -205,6 +205,36 @@ Status VerifyReport(std::span<const uint8_t> report, const CertChain& chain,
                     std::span<const uint8_t> trusted_ark_spki,
                     const ReportExpectations& expect = {});
 
+// The pinned root of the default emulated vendor
+// (EmulatedVendor::Create()->ark_public_der()), derived once per process.
+Result<std::vector<uint8_t>> DefaultArkSpki();
+
+// Attestation evidence for a peer CVM (GuestPlatform::AttestationEvidence):
+// a report and the certificate chain that signs it. Encoding, version 1:
+// u32 magic kEvidenceMagic, u32 version, then four fields, each a u32 length
+// and its bytes: report (0x4A0 bytes), ARK, ASK, VCEK (DER). All integers
+// little-endian. The report starts at kEvidenceReportOffset.
+inline constexpr uint32_t kEvidenceMagic = 0x45504e53;  // "SNPE"
+inline constexpr uint32_t kEvidenceVersion = 1;
+inline constexpr size_t kEvidenceReportOffset = 12;
+inline constexpr size_t kEvidenceMaxField = 64 * 1024;
+
+struct Evidence {
+  std::vector<uint8_t> report;
+  CertChain chain;
+
+  std::vector<uint8_t> Encode() const;
+  // kInvalidArgument: wrong magic or version, a truncated or oversized
+  // field, trailing bytes, a report that is not 0x4A0 bytes.
+  static Result<Evidence> Decode(std::span<const uint8_t> bytes);
+};
+
+// Decodes `evidence` and verifies its report (VerifyReport) against
+// `trusted_ark_spki` and `expect`.
+Status VerifyEvidence(std::span<const uint8_t> evidence,
+                      std::span<const uint8_t> trusted_ark_spki,
+                      const ReportExpectations& expect);
+
 // HKDF-SHA384 (RFC 5869) of `ikm` into `out`.
 Status HkdfSha384(std::span<const uint8_t> ikm, std::span<const uint8_t> salt,
                   std::span<const uint8_t> info, std::span<uint8_t> out);

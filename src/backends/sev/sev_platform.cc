@@ -1,5 +1,6 @@
 #include "backends/sev/sev_platform.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -89,6 +90,7 @@ class SevPlatform final : public emu::EmulatedPlatform {
           machine_->RmpUpdate(gpa, {true, PageSize::k4K, false, gpa, kAsid}));
 
     sev::LaunchParams lp;
+    snp_policy_ = lp.policy;
     std::memcpy(lp.image_id.data(), info.image_digest.data(), 16);
     const Digest pd = Sha256(info.policy);
     std::memcpy(lp.host_data.data(), pd.data(), 32);
@@ -225,6 +227,28 @@ class SevPlatform final : public emu::EmulatedPlatform {
     std::lock_guard<std::mutex> lock(msg_mu_);
     return messenger_->SealingKey(context, 0);
   }
+  Result<std::vector<uint8_t>> AttestationEvidence(
+      std::span<const uint8_t, 64> report_data) override {
+    Evidence e;
+    CPC_ASSIGN_OR_RETURN(e.report, AttestationReport(report_data));
+    // What the host would fetch from AMD's KDS for this chip.
+    e.chain = firmware_->cert_chain();
+    return e.Encode();
+  }
+  Status VerifyPeerEvidence(std::span<const uint8_t> evidence,
+                            std::span<const uint8_t, 64> report_data) override {
+    // A peer is this CVM on another (genuine) chip of the same vendor: the
+    // same launch digest and guest policy, a VMPL0 report, our report_data.
+    CPC_ASSIGN_OR_RETURN(std::vector<uint8_t> ark, DefaultArkSpki());
+    ReportExpectations expect;
+    expect.measurement = launch_digest_;
+    expect.policy = snp_policy_;
+    expect.vmpl = 0;
+    ReportData rd;
+    std::copy(report_data.begin(), report_data.end(), rd.begin());
+    expect.report_data = rd;
+    return VerifyEvidence(evidence, ark, expect);
+  }
 
  private:
   Gpa Page(uint64_t n) const { return cpc_base_ + n * kPageSize; }
@@ -232,6 +256,7 @@ class SevPlatform final : public emu::EmulatedPlatform {
   Status FinishLaunch() {
     CPC_RETURN_IF_ERROR(firmware_->LaunchFinish());
     CPC_ASSIGN_OR_RETURN(Measurement ld, firmware_->measurement());
+    launch_digest_ = ld;
     identity_.measurement = Sha256(ld);
     RAND_bytes(identity_.instance_id.data(), 16);
 
@@ -281,6 +306,8 @@ class SevPlatform final : public emu::EmulatedPlatform {
   emu::GuestMemory* mem_ = nullptr;
   Gpa cpc_base_ = 0;
   uint32_t gvcpus_ = 0;
+  uint64_t snp_policy_ = 0;
+  Measurement launch_digest_{};
   CvmIdentity identity_;
   std::unique_ptr<SnpMachine> machine_;
   std::unique_ptr<SnpFirmware> firmware_;

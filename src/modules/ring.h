@@ -1,0 +1,104 @@
+// Record rings in host-shared memory: how maintenance modules hand sealed
+// records to the host (export) and take them from it (import).
+//
+// A ring is `count` buffers at `offset` in the CVM's shared region, each a
+// 64-byte RingHead followed by its payload. Producer and consumer walk the
+// buffers in order 0, 1, ..., count-1, 0, ... A buffer is kFree (the
+// producer may fill it) or kFull (filled, not yet taken). Every byte of a
+// ring is host-controlled: the module reads a head's len and flags once and
+// checks them before use.
+//
+// RingCursor is the module side of one ring; it is used by one hvCPU thread.
+// Errors: kInvalidArgument for a ring outside the shared memory; whatever
+// the wait predicate's call context returns (kAborted) while waiting.
+#ifndef CPC_SRC_MODULES_RING_H_
+#define CPC_SRC_MODULES_RING_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include <cpc/module.h>
+#include <cpc/status.h>
+
+CPC_NAMESPACE_BEGIN
+namespace ring {
+
+struct RingHead {
+  std::atomic<uint32_t> state;  // kFree / kFull / kWriting
+  uint32_t flags;               // kEndOfStream, kEndOfRound, kTokens
+  uint64_t len;                 // payload bytes
+  uint8_t pad[48];
+};
+static_assert(sizeof(RingHead) == 64);
+
+inline constexpr uint32_t kFree = 0;     // the producer may fill it
+inline constexpr uint32_t kFull = 1;     // filled, not yet taken
+inline constexpr uint32_t kWriting = 2;  // host: being sent / written out
+
+inline constexpr uint32_t kEndOfStream = 1;  // last buffer of the stream
+inline constexpr uint32_t kEndOfRound = 2;   // last data buffer of a round
+inline constexpr uint32_t kTokens = 4;       // holds the round's tokens only
+inline constexpr uint32_t kKnownFlags = kEndOfStream | kEndOfRound | kTokens;
+
+inline constexpr uint32_t kMaxBuffers = 16;
+
+// The buffers of a host-described ring, checked against `shared`.
+Result<std::vector<uint8_t*>> MapRing(std::span<uint8_t> shared,
+                                      uint64_t offset, uint64_t buf_bytes,
+                                      uint32_t count, uint64_t min_buf_bytes);
+
+// Waits for `ready` to become true: spins briefly (the host usually answers
+// within microseconds, a round trip through it costs far more), then
+// yields the hvCPU to the host and checks again.
+Status WaitFor(CallContext& ctx, const std::function<bool()>& ready);
+// WaitFor(ready || stop); kCancelled if it was `stop`.
+Status WaitFor(CallContext& ctx, const std::function<bool()>& ready,
+               const std::function<bool()>& stop);
+
+class RingCursor {
+ public:
+  RingCursor(std::vector<uint8_t*> buffers, uint64_t payload)
+      : bufs_(std::move(buffers)), payload_(payload) {}
+
+  RingHead* head() const { return reinterpret_cast<RingHead*>(bufs_[cur_]); }
+  uint8_t* data() const { return bufs_[cur_] + sizeof(RingHead); }
+  uint64_t payload() const { return payload_; }
+
+  // Returns true when the caller should give up waiting (kCancelled).
+  using StopFn = std::function<bool()>;
+
+  // Producer: waits until the current buffer is free.
+  Status WaitFree(CallContext& ctx, const StopFn& stop);
+  std::span<uint8_t> space() const {
+    return {data() + used_, payload_ - used_};
+  }
+  uint64_t used() const { return used_; }
+  void Commit(size_t bytes) { used_ += bytes; }
+  // Publishes the current buffer (kFull, with `flags`) and moves on.
+  void Publish(uint32_t flags);
+
+  // Consumer: waits for the current buffer to be full and returns its
+  // payload, checked against the buffer size (kRecordMalformed), and flags.
+  Status WaitFull(CallContext& ctx, const StopFn& stop);
+  Result<std::span<const uint8_t>> Take(uint32_t* flags) const;
+  // Gives the current buffer back to the host and moves on.
+  void Release();
+
+ private:
+  void Advance() {
+    cur_ = (cur_ + 1) % bufs_.size();
+    used_ = 0;
+  }
+  std::vector<uint8_t*> bufs_;
+  uint64_t payload_ = 0;
+  size_t cur_ = 0;
+  uint64_t used_ = 0;
+};
+
+}  // namespace ring
+CPC_NAMESPACE_END
+
+#endif  // CPC_SRC_MODULES_RING_H_

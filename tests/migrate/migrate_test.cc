@@ -1,0 +1,318 @@
+// CPC-LiveMigration between two VMMs (two backends, two emulated machines)
+// over TCP: equality proved inside the CVMs with a running workload, a
+// man-in-the-middle that tampers, replays, reorders, drops, duplicates and
+// truncates, never-both-run, destination crash, and a peer of another image.
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <cpc/migrate.h>
+#include <cpc/policy.h>
+#include <cpc/registry.h>
+
+#include "conformance/canary.h"
+#include "emulator/host.h"
+#include "modules/audit.h"
+#include "test_util.h"
+#include "transport/mitm_proxy.h"
+
+using namespace cpc;
+using namespace std::chrono_literals;
+using net::MitmProxy;
+
+namespace {
+constexpr uint64_t kMem = 64ull << 20;
+constexpr uint64_t kGuestPages = (kMem - (2 << 20)) / kPageSize;
+constexpr uint16_t kChunkFrame = 17;  // migrate_host.cc: data chunks
+
+TenantPolicy Policy() {
+  TenantPolicy p;
+  p.modules = {
+      {"audit", {"digest"}, Isolation::kPlain, {1ull << 30, 0}, 0, 0},
+      {"migrate",
+       {"hello", "accept", "send", "resume", "recv", "commit", "abort"},
+       Isolation::kPlain,
+       {0, 0},
+       0,
+       0}};
+  return p;
+}
+
+LaunchConfig Config(uint32_t hvcpus, const char* dirty_mib_s = "64",
+                    const char* wss_mib = "8") {
+  LaunchConfig c;
+  c.memory_bytes = kMem;
+  c.gvcpus = 2;
+  for (uint32_t i = 0; i < hvcpus; ++i)
+    c.hvcpus.push_back({i, Isolation::kPlain});
+  c.policy = Policy().Serialize();
+  c.options = {{"workload", "dirty"},
+               {"dirty_mib_s", dirty_mib_s},
+               {"wss_mib", wss_mib},
+               {"shared_mib", "16"},
+               {"canary_seed", "5eed5eed5eed5eed"}};
+  return c;
+}
+
+std::unique_ptr<Backend> MakeBackend(const char* chip_seed) {
+  const BackendFactory* f = BackendRegistry::Builtin().List().front();
+  auto b = f->Create({{"chip_seed", chip_seed}});
+  REQUIRE_OK(b);
+  return std::move(b).value();
+}
+
+std::vector<uint8_t> AuditToken(Backend& b, CvmHandle cvm) {
+  auto t = b.RequestToken(cvm, {"audit", "digest", {kMem, 0}});
+  REQUIRE_OK(t);
+  return *t;
+}
+
+std::vector<uint8_t> MemDigest(Backend& b, CvmHandle cvm,
+                               std::vector<uint8_t> token) {
+  HvcpuEntry e;
+  e.module = "audit";
+  e.procedure = "digest";
+  e.token = std::move(token);
+  e.args = AuditArgs(0, kGuestPages);
+  auto out =
+      DriveCall([&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, 0, x); },
+                e, AbortPolicy{});
+  REQUIRE_OK(out);
+  REQUIRE_OK(out->status);
+  return out->output;
+}
+
+// Whether the guest OS runs: its workload dirties pages within 50 ms.
+bool Runs(Backend& b, CvmHandle cvm) {
+  if (!b.ReadDirtyLog(cvm, true).ok()) return false;
+  std::this_thread::sleep_for(50ms);
+  auto d = b.ReadDirtyLog(cvm, true);
+  return d.ok() && !d->empty();
+}
+
+// CVM processes that are children of this test process.
+uint64_t Children() {
+  uint64_t n = 0;
+  for (auto& p : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream st(p.path() / "stat");
+    std::string line;
+    if (!std::getline(st, line)) continue;
+    auto rp = line.rfind(')');
+    if (rp == std::string::npos) continue;
+    std::istringstream in(line.substr(rp + 2));
+    std::string state;
+    long ppid = 0;
+    in >> state >> ppid;
+    if (ppid == ::getpid() && state != "Z") ++n;
+  }
+  return n;
+}
+
+struct Outcome {
+  Result<MigrationStats> out = Status(Code::kInternal, "not run");
+  Result<IncomingResult> in = Status(Code::kInternal, "not run");
+  std::vector<uint8_t> dst_audit;
+};
+
+// Runs MigrateIn on `dst` in a thread and MigrateOut of `cvm` on `src`,
+// through a MITM proxy with `rules` if `proxy` is set.
+Outcome Migrate(Backend& src, Backend& dst, CvmHandle cvm, MigrateOptions o,
+                std::unique_ptr<MitmProxy>* proxy = nullptr,
+                std::vector<MitmProxy::Rule> rules = {},
+                IncomingOptions in = {}) {
+  Outcome res;
+  std::promise<std::string> where;
+  in.listen = "127.0.0.1:0";
+  in.resume = false;
+  in.on_listening = [&](const std::string& a) { where.set_value(a); };
+  in.before_pause = [&](CvmHandle h) { res.dst_audit = AuditToken(dst, h); };
+  std::thread t([&] { res.in = MigrateIn(dst, in); });
+  auto addr = where.get_future().get();
+  if (proxy != nullptr) {
+    auto ep = net::ParseEndpoint(addr);
+    REQUIRE_OK(ep);
+    auto p = MitmProxy::Start(*ep, rules);
+    REQUIRE_OK(p);
+    *proxy = std::move(p).value();
+    addr = (*proxy)->endpoint().ToString();
+  }
+  o.destination = addr;
+  res.out = MigrateOut(src, cvm, o);
+  t.join();
+  return res;
+}
+
+MigrateOptions Options(const LaunchConfig& c, uint32_t streams) {
+  MigrateOptions o;
+  o.launch = c;
+  o.hvcpus.clear();
+  for (uint32_t i = 0; i < streams; ++i) o.hvcpus.push_back(i);
+  o.verdict_timeout = 5s;
+  return o;
+}
+}  // namespace
+
+TEST_CASE(
+    "migrate: a running guest moves to another machine with equal memory "
+    "proved inside the CVMs") {
+  auto src = MakeBackend("1");
+  auto dst = MakeBackend("2");
+  for (uint32_t streams : {1u, 2u}) {
+    INFO(streams << " streams");
+    auto c = Config(streams);
+    auto cvm = src->LaunchCvm(c);
+    REQUIRE_OK(cvm);
+    std::this_thread::sleep_for(30ms);
+    auto src_audit = AuditToken(*src, *cvm);
+    std::vector<MigrationStats> seen;
+    auto r = Migrate(*src, *dst, *cvm, Options(c, streams));
+    REQUIRE_OK(r.out);
+    REQUIRE_OK(r.in);
+    const MigrationStats& st = *r.out;
+    CHECK(st.state == MigrationStats::State::kCompleted);
+    CHECK(st.streams == streams);
+    CHECK(st.rounds >= 2);  // the full pass, then at least the final round
+    CHECK(st.pages_sent >= kGuestPages);
+    CHECK(st.transferred_bytes > kGuestPages * kPageSize);
+    CHECK(st.downtime > Duration::zero());
+    CHECK(st.setup_time > Duration::zero());
+    CHECK(r.in->stats.state == MigrationStats::State::kCompleted);
+    // Equality inside the CVMs: the source at switch-over == destination.
+    REQUIRE(MemDigest(*src, *cvm, src_audit) ==
+            MemDigest(*dst, r.in->cvm, r.dst_audit));
+    // Never both: the source's platform refuses to run it again.
+    REQUIRE_CODE(src->ResumeGuest(*cvm), Code::kFailedPrecondition);
+    REQUIRE_FALSE(Runs(*src, *cvm));
+    REQUIRE_OK(dst->ResumeGuest(r.in->cvm));
+    REQUIRE(Runs(*dst, r.in->cvm));
+    REQUIRE_OK(dst->DestroyCvm(r.in->cvm));
+    REQUIRE_OK(src->DestroyCvm(*cvm));
+  }
+}
+
+TEST_CASE(
+    "migrate: a man in the middle that tampers, replays, reorders, drops, "
+    "duplicates or truncates is refused and the source carries on") {
+  auto src = MakeBackend("1");
+  auto dst = MakeBackend("2");
+  auto c = Config(2);
+  auto cvm = src->LaunchCvm(c);
+  REQUIRE_OK(cvm);
+  const uint64_t children = Children();
+  using A = MitmProxy::Action;
+  struct Attack {
+    const char* name;
+    A action;
+    std::vector<Code> codes;
+  };
+  const std::vector<Attack> attacks = {
+      {"tamper", A::kTamper, {Code::kAuthFailed}},
+      {"replay", A::kReplay, {Code::kRecordReplayed}},
+      {"reorder",
+       A::kReorder,
+       {Code::kRecordOutOfOrder, Code::kRecordReplayed}},
+      {"drop", A::kDrop, {Code::kRecordOutOfOrder, Code::kEpochMismatch}},
+      {"duplicate", A::kDuplicate, {Code::kRecordReplayed}},
+      {"truncate", A::kTruncate, {Code::kDataLoss, Code::kIoError}},
+  };
+  for (const Attack& a : attacks) {
+    INFO(a.name);
+    MitmProxy::Rule rule;
+    rule.action = a.action;
+    rule.connection = 1;  // the first data connection (0 is control)
+    rule.type = kChunkFrame;
+    rule.min_payload = 64 << 10;
+    rule.ordinal = 3;
+    std::unique_ptr<MitmProxy> proxy;
+    auto r = Migrate(*src, *dst, *cvm, Options(c, 2), &proxy, {rule});
+    REQUIRE(proxy->stats().rules_fired == 1);
+    REQUIRE_FALSE(r.out.ok());
+    REQUIRE_FALSE(r.in.ok());
+    INFO("source: " << r.out.status().ToString());
+    INFO("destination: " << r.in.status().ToString());
+    // The destination names the attack; the source reports it.
+    REQUIRE(std::find(a.codes.begin(), a.codes.end(), r.in.status().code()) !=
+            a.codes.end());
+    REQUIRE(r.out.status().code() != Code::kUnavailable);
+    proxy.reset();
+    // Nothing lost: no destination CVM is left, the source runs.
+    REQUIRE(Children() == children);
+    REQUIRE(Runs(*src, *cvm));
+  }
+  // And it can still migrate for real afterwards.
+  auto src_audit = AuditToken(*src, *cvm);
+  auto r = Migrate(*src, *dst, *cvm, Options(c, 2));
+  REQUIRE_OK(r.out);
+  REQUIRE_OK(r.in);
+  REQUIRE(MemDigest(*src, *cvm, src_audit) ==
+          MemDigest(*dst, r.in->cvm, r.dst_audit));
+  REQUIRE_OK(dst->DestroyCvm(r.in->cvm));
+  REQUIRE_OK(src->DestroyCvm(*cvm));
+}
+
+TEST_CASE("migrate: a peer of another image is refused before a page moves") {
+  auto src = MakeBackend("1");
+  auto dst = MakeBackend("2");
+  auto c = Config(1);
+  auto cvm = src->LaunchCvm(c);
+  REQUIRE_OK(cvm);
+  const uint64_t children = Children();
+  IncomingOptions in;
+  in.image = CPC_TEST_CVM_IMAGE;  // another build: another measurement
+  std::unique_ptr<MitmProxy> proxy;
+  auto r = Migrate(*src, *dst, *cvm, Options(c, 1), &proxy, {}, in);
+  REQUIRE_CODE(r.in, Code::kMeasurementMismatch);
+  REQUIRE_FALSE(r.out.ok());
+  INFO(r.out.status().ToString());
+  REQUIRE(r.out.status().code() == Code::kMeasurementMismatch);
+  // No page moved: only the control connection carried anything.
+  REQUIRE(proxy->stats().connections == 1);
+  proxy.reset();
+  REQUIRE(Children() == children);
+  REQUIRE(Runs(*src, *cvm));
+  REQUIRE_OK(src->DestroyCvm(*cvm));
+}
+
+TEST_CASE("migrate: a destination crash leaves the source running") {
+  auto src = MakeBackend("1");
+  auto dst = MakeBackend("2");
+  // A guest that dirties faster than it converges with a tiny downtime
+  // limit: precopy runs until the crash.
+  auto c = Config(1, "512", "16");
+  auto cvm = src->LaunchCvm(c);
+  REQUIRE_OK(cvm);
+  auto o = Options(c, 1);
+  o.downtime_limit = 1us;
+  o.auto_converge = false;
+  o.max_rounds = 100000;
+  o.deadline = 60s;
+  std::atomic<CvmHandle> victim{0};
+  IncomingOptions in;
+  std::promise<std::string> where;
+  in.listen = "127.0.0.1:0";
+  in.on_listening = [&](const std::string& a) { where.set_value(a); };
+  in.before_pause = [&](CvmHandle h) { victim = h; };
+  Result<IncomingResult> incoming = Status(Code::kInternal, "not run");
+  std::thread t([&] { incoming = MigrateIn(*dst, in); });
+  o.destination = where.get_future().get();
+  std::thread killer([&] {
+    while (victim.load() == 0) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(400ms);  // well into precopy
+    auto* emu = dynamic_cast<emu::EmulatedBackend*>(dst.get());
+    REQUIRE(emu != nullptr);
+    REQUIRE_OK(emu->Kill(victim.load()));
+  });
+  auto out = MigrateOut(*src, *cvm, o);
+  killer.join();
+  t.join();
+  REQUIRE_FALSE(incoming.ok());
+  REQUIRE_FALSE(out.ok());
+  INFO(out.status().ToString());
+  REQUIRE(out.status().code() != Code::kUnavailable);
+  REQUIRE(Runs(*src, *cvm));
+  REQUIRE_OK(src->DestroyCvm(*cvm));
+}
