@@ -316,3 +316,29 @@ TEST_CASE("migrate: a destination crash leaves the source running") {
   REQUIRE(Runs(*src, *cvm));
   REQUIRE_OK(src->DestroyCvm(*cvm));
 }
+
+TEST_CASE(
+    "migrate: a guest that dirties faster than the link converges by "
+    "throttling") {
+  auto src = MakeBackend("1");
+  auto dst = MakeBackend("2");
+  // The whole working set is rewritten faster than a round can send it.
+  auto c = Config(2, "4000", "48");
+  auto cvm = src->LaunchCvm(c);
+  REQUIRE_OK(cvm);
+  std::this_thread::sleep_for(50ms);
+  auto src_audit = AuditToken(*src, *cvm);
+  auto o = Options(c, 2);
+  o.downtime_limit = 5ms;
+  o.max_rounds = 40;
+  auto r = Migrate(*src, *dst, *cvm, o);
+  REQUIRE_OK(r.out);
+  REQUIRE_OK(r.in);
+  INFO("rounds " << r.out->rounds << " throttle " << r.out->throttle);
+  CHECK(r.out->throttle > 0);
+  CHECK(r.out->rounds < o.max_rounds - 1);  // converged, not forced
+  REQUIRE(MemDigest(*src, *cvm, src_audit) ==
+          MemDigest(*dst, r.in->cvm, r.dst_audit));
+  REQUIRE_OK(dst->DestroyCvm(r.in->cvm));
+  REQUIRE_OK(src->DestroyCvm(*cvm));
+}
