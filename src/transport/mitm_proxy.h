@@ -89,7 +89,9 @@ class MitmProxy {
     uint64_t frames_read[2] = {0, 0};  // by Direction, frames read from an end
     uint64_t frames_sent[2] = {0, 0};  // by Direction, incl. injected copies
     uint64_t rules_fired = 0;          // all rules, all firings
-    uint64_t closed_connections = 0;   // closed by an action, error or CutAll
+    // Closed by the proxy: kTruncate/kCut, an error on either side, a failed
+    // connect to the target, CutAll() or Stop(). Clean EOFs are not counted.
+    uint64_t closed_connections = 0;
   };
 
   ~MitmProxy();  // stops accepting, closes every connection, joins threads

@@ -269,6 +269,7 @@ struct Connection::Impl {
 
 Status Connection::Impl::Read(std::span<uint8_t> out,
                               Clock::time_point deadline, bool mid_frame) {
+  if (shut.load(std::memory_order_acquire)) return CancelledStatus();
   size_t done = 0;
   while (done < out.size()) {
     if (shut.load(std::memory_order_acquire)) return CancelledStatus();
@@ -309,6 +310,7 @@ Status Connection::Impl::Read(std::span<uint8_t> out,
 Status Connection::Impl::Write(
     std::span<const std::span<const uint8_t>> buffers,
     Clock::time_point deadline) {
+  if (shut.load(std::memory_order_acquire)) return CancelledStatus();
   size_t total = 0;
   for (const auto& b : buffers) total += b.size();
   size_t idx = 0, off = 0, done = 0;

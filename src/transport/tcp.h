@@ -15,6 +15,12 @@
 // message says which), kTimeout (deadline passed), kDataLoss (the peer closed
 // in the middle of a frame), kInvalidArgument (bad endpoint, oversized
 // frame), kCancelled (after Shutdown). Nothing throws.
+//
+// A timeout covers the whole call (ReadFrame: header and payload). After a
+// timeout or error in the middle of a frame the stream position is lost: the
+// connection is only good for Shutdown. Sockets are non-blocking underneath;
+// a read or write waits in ppoll() only when the kernel has nothing to give or
+// no room, so data moves in as few system calls as the kernel allows.
 #ifndef CPC_SRC_TRANSPORT_TCP_H_
 #define CPC_SRC_TRANSPORT_TCP_H_
 
@@ -66,20 +72,26 @@ class Connection {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Connects with TCP_NODELAY and large socket buffers.
+  // Connects with TCP_NODELAY and large socket buffers (SO_SNDBUF/SO_RCVBUF
+  // 4 MiB). A host name is resolved (without deadline) and its addresses tried
+  // in order. Refused: kIoError; deadline passed: kTimeout.
   static Result<std::unique_ptr<Connection>> Connect(const Endpoint& to,
                                                      Duration timeout);
 
   // Writes every buffer in order, gathered (no copy of the data).
   Status WriteAll(std::span<const std::span<const uint8_t>> buffers,
                   Duration timeout = Duration::zero());
-  // Reads exactly out.size() bytes. kIoError "closed by peer" on EOF before
-  // the first byte, kDataLoss on EOF after it.
+  // Reads exactly out.size() bytes straight into `out`. kIoError "connection
+  // closed by peer" (subcode 0) on EOF before the first byte, kDataLoss on EOF
+  // after it.
   Status ReadExact(std::span<uint8_t> out, Duration timeout = Duration::zero());
 
-  // Frame helpers. WriteFrame gathers header + payload; ReadFrameHeader reads
-  // and validates one header (length <= max_payload), so the caller can read
-  // the payload straight into its own buffer with ReadExact.
+  // Frame helpers. WriteFrame gathers header + payload (kInvalidArgument if
+  // the payload is over kMaxFramePayload); ReadFrameHeader reads and validates
+  // one header (length <= max_payload, else kInvalidArgument), so the caller
+  // can read the payload straight into its own buffer with ReadExact. A header
+  // cut short by EOF is kDataLoss; ReadFrame also reports a payload cut short
+  // (even before its first byte) as kDataLoss.
   Status WriteFrame(uint16_t type, uint16_t flags,
                     std::span<const uint8_t> payload,
                     Duration timeout = Duration::zero());
@@ -113,9 +125,11 @@ class Listener {
   // Binds and listens (SO_REUSEADDR); port 0 picks a free port.
   static Result<std::unique_ptr<Listener>> Listen(const Endpoint& at);
   Endpoint local() const;  // the bound address and port
+  // kTimeout when no client arrives in time, kCancelled after Close().
   Result<std::unique_ptr<Connection>> Accept(
       Duration timeout = Duration::zero());
-  // Unblocks and fails Accept (thread-safe).
+  // Unblocks and fails current and later Accept calls (thread-safe). The
+  // port stays bound until destruction.
   void Close();
 
  private:

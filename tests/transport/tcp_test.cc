@@ -1,11 +1,15 @@
 #include "transport/tcp.h"
 
+#include <arpa/inet.h>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -268,6 +272,13 @@ TEST_CASE("tcp: Listener on port 0 gets a real port") {
   auto s = (*l)->Accept(1s);
   REQUIRE_OK(s);
   CHECK((*s)->peer().port != 0);
+  // A host name resolves.
+  auto by_name = Connection::Connect({"localhost", at.port}, 1s);
+  REQUIRE_OK(by_name);
+  REQUIRE_OK((*l)->Accept(1s));
+  // A zero-length read after Shutdown fails too.
+  (*c)->Shutdown();
+  REQUIRE_CODE((*c)->ReadExact({}), Code::kCancelled);
 
   // IPv6 loopback, where the machine has it.
   auto l6 = Listener::Listen({"::1", 0});
@@ -307,6 +318,35 @@ TEST_CASE("tcp: Connect to a closed port is an IO error") {
   REQUIRE_CODE(Connection::Connect({"", port}, 1s), Code::kInvalidArgument);
   REQUIRE_CODE(Connection::Connect({"no such host!", port}, 1s),
                Code::kInvalidArgument);
+}
+
+TEST_CASE("tcp: Connect times out when the peer never answers") {
+  // A listener whose accept queue is full drops further SYNs.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) == 0);
+  REQUIRE(::listen(fd, 0) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  const Endpoint at{"127.0.0.1", ntohs(addr.sin_port)};
+  std::vector<std::unique_ptr<Connection>> queued;
+  cpc::Status last;
+  for (int i = 0; i < 8 && last.ok(); ++i) {
+    const auto t0 = Clock::now();
+    auto c = Connection::Connect(at, 100ms);
+    if (c.ok()) {
+      queued.push_back(std::move(c).value());
+    } else {
+      last = c.status();
+      CHECK(Ms(Clock::now() - t0) < 1000);
+    }
+  }
+  ::close(fd);
+  INFO(last.ToString());
+  CHECK(last.code() == Code::kTimeout);
 }
 
 // Not run by default: `cpc_tests "[bench]"` (use a release build).
