@@ -1,4 +1,6 @@
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -312,4 +314,29 @@ TEST_CASE("mitm: destroying the proxy closes everything promptly") {
   CHECK(Clock::now() - t0 < 500ms);
   REQUIRE_CODE(l.client->ReadFrame(2s), Code::kIoError);
   REQUIRE_CODE(l.server->ReadFrame(2s), Code::kIoError);
+}
+
+// Not run by default: `cpc_tests "[bench]"` (use a release build).
+TEST_CASE("bench: mitm proxy throughput", "[.][bench]") {
+  Rig rig = MakeRig();
+  Link l = rig.Open();
+  constexpr size_t kFrames = 1024, kFrame = 1u << 20;
+  std::atomic<bool> ok{true};
+  const auto t0 = Clock::now();
+  std::thread writer([&] {
+    const std::vector<uint8_t> payload(kFrame, 0x5a);
+    for (size_t i = 0; i < kFrames; ++i)
+      if (!l.client->WriteFrame(1, 0, payload).ok()) ok = false;
+  });
+  std::vector<uint8_t> buf(kFrame);
+  for (size_t i = 0; i < kFrames; ++i) {
+    auto h = l.server->ReadFrameHeader();
+    if (!h.ok() || !l.server->ReadExact(std::span(buf).first(h->length)).ok())
+      ok = false;
+  }
+  writer.join();
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  REQUIRE(ok);
+  std::printf("mitm proxy, 1 connection, 1 MiB frames: %.2f GB/s\n",
+              static_cast<double>(kFrames * kFrame) / secs / 1e9);
 }
