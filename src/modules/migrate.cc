@@ -87,6 +87,12 @@ struct Session {
   std::atomic<bool> start_sealed{false};  // the start token may be out
   std::atomic<bool> revoked{false};       // the guest OS may not run
 
+  // A stream call gives up waiting: another stream failed or the host
+  // stopped the migration.
+  bool Stopped(const Control& ctl) const {
+    return failed.load() || ctl.stop.load(std::memory_order_acquire);
+  }
+
   bool AllDone(uint32_t rounds) const {
     for (uint32_t i = 0; i < streams; ++i)
       if (done[i].load(std::memory_order_acquire) < rounds) return false;
@@ -122,6 +128,7 @@ Result<X25519PublicKey> ReadKey(ByteReader& r) {
 // The ring and control block a stream call names, checked.
 struct StreamArgs {
   SessionId id{};
+  std::shared_ptr<Session> session;  // set by OpenStream
   uint32_t stream = 0;
   std::vector<uint8_t*> bufs;
   uint64_t payload = 0;
@@ -324,6 +331,20 @@ class MigrateModule final : public Module {
     }
   };
 
+  // A stream call's arguments, its session, and the stream claimed for it
+  // (each stream runs in one call only).
+  Result<StreamArgs> OpenStream(CallContext& ctx, uint8_t role) {
+    CPC_ASSIGN_OR_RETURN(StreamArgs a, ParseStreamArgs(ctx));
+    CPC_ASSIGN_OR_RETURN(a.session, Find(a.id, role));
+    if (a.stream >= a.session->streams)
+      return Status(Code::kInvalidArgument, "no such migration stream");
+    if (a.session->claimed[a.stream].exchange(true))
+      return Status(Code::kFailedPrecondition,
+                    fmt::format("migration stream {} already ran", a.stream));
+    ctx.SetWorkSize(a.session->memory.pages * kPageSize / a.session->streams);
+    return a;
+  }
+
   // Leader: which pages round `round` sends.
   Status Plan(CallContext& ctx, Session& s, Control* ctl, uint32_t round,
               bool final) {
@@ -353,23 +374,15 @@ class MigrateModule final : public Module {
   }
 
   Status Send(CallContext& ctx) {
-    CPC_ASSIGN_OR_RETURN(StreamArgs a, ParseStreamArgs(ctx));
-    CPC_ASSIGN_OR_RETURN(auto s, Find(a.id, kRoleSource));
-    if (a.stream >= s->streams)
-      return Status(Code::kInvalidArgument, "no such migration stream");
-    if (s->claimed[a.stream].exchange(true))
-      return Status(Code::kFailedPrecondition,
-                    fmt::format("migration stream {} already ran", a.stream));
+    CPC_ASSIGN_OR_RETURN(StreamArgs a, OpenStream(ctx, kRoleSource));
+    auto s = std::move(a.session);
     StreamClaim claim{s.get(), a.stream};
     const uint32_t i = a.stream;
     Control* ctl = a.control;
     GuestPlatform& p = ctx.platform();
     StreamSender& tx = s->tx->stream(i);
     RingCursor cur(std::move(a.bufs), a.payload);
-    const auto stop = [&] {
-      return s->failed.load() || ctl->stop.load(std::memory_order_acquire);
-    };
-    ctx.SetWorkSize(s->memory.pages * kPageSize / s->streams);
+    const auto stop = [&] { return s->Stopped(*ctl); };
 
     // Seals `items` with `seal` into ring buffers, publishing full ones.
     const auto pump = [&](size_t items, auto&& seal) -> Status {
@@ -466,23 +479,15 @@ class MigrateModule final : public Module {
   }
 
   Status Recv(CallContext& ctx) {
-    CPC_ASSIGN_OR_RETURN(StreamArgs a, ParseStreamArgs(ctx));
-    CPC_ASSIGN_OR_RETURN(auto s, Find(a.id, kRoleDestination));
-    if (a.stream >= s->streams)
-      return Status(Code::kInvalidArgument, "no such migration stream");
-    if (s->claimed[a.stream].exchange(true))
-      return Status(Code::kFailedPrecondition,
-                    fmt::format("migration stream {} already ran", a.stream));
+    CPC_ASSIGN_OR_RETURN(StreamArgs a, OpenStream(ctx, kRoleDestination));
+    auto s = std::move(a.session);
     StreamClaim claim{s.get(), a.stream};
     const uint32_t i = a.stream;
     Control* ctl = a.control;
     GuestPlatform& p = ctx.platform();
     ReceiverStream& rx = s->rx->stream(i);
     RingCursor cur(std::move(a.bufs), a.payload);
-    const auto stop = [&] {
-      return s->failed.load() || ctl->stop.load(std::memory_order_acquire);
-    };
-    ctx.SetWorkSize(s->memory.pages * kPageSize / s->streams);
+    const auto stop = [&] { return s->Stopped(*ctl); };
 
     for (uint32_t round = 0;;) {
       CPC_RETURN_IF_ERROR(cur.WaitFull(ctx, stop));

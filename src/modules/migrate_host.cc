@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "emulator/channel.h"
 #include "emulator/launch.h"
+#include "modules/host_call.h"
 #include "modules/migrate.h"
 #include "modules/ring.h"
 #include "transport/tcp.h"
@@ -101,25 +102,8 @@ Result<net::Frame> ReadControl(Connection& c, uint16_t want, Duration timeout) {
 
 HvcpuEntry Entry(std::string procedure, std::vector<uint8_t> token,
                  std::vector<uint8_t> args, Duration slice) {
-  HvcpuEntry e;
-  e.module = mig::kModule;
-  e.procedure = std::move(procedure);
-  e.token = std::move(token);
-  e.args = std::move(args);
-  e.slice = slice;
-  return e;
-}
-
-Result<std::vector<uint8_t>> RunOnce(Backend& b, CvmHandle cvm, uint32_t hv,
-                                     HvcpuEntry e, const AbortPolicy& abort) {
-  CPC_ASSIGN_OR_RETURN(
-      CallOutcome out,
-      DriveCall(
-          [&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, hv, x); }, e,
-          abort));
-  CPC_RETURN_IF_ERROR(
-      out.status.WithContext(fmt::format("migrate.{}", e.procedure)));
-  return out.output;
+  return CallEntry(mig::kModule, std::move(procedure), std::move(token),
+                   std::move(args), slice);
 }
 
 // Every token a side needs, requested while its guest runs (a paused
@@ -478,7 +462,7 @@ class Source {
     }
     CPC_RETURN_IF_ERROR(ReadControl(*ctl_, kReady, kSetupTimeout).status());
     CPC_ASSIGN_OR_RETURN(
-        auto offer, RunOnce(b_, cvm_, o_.hvcpus[0],
+        auto offer, RunCall(b_, cvm_, o_.hvcpus[0],
                             Entry("hello", tokens_.once["hello"],
                                   HelloArgs(mig::kRoleSource, n), o_.slice),
                             o_.abort));
@@ -488,7 +472,7 @@ class Source {
     CPC_ASSIGN_OR_RETURN(auto args, AcceptArgs(offer, answer.payload));
     CPC_ASSIGN_OR_RETURN(
         auto id_bytes,
-        RunOnce(b_, cvm_, o_.hvcpus[0],
+        RunCall(b_, cvm_, o_.hvcpus[0],
                 Entry("accept", tokens_.once["accept"], args, o_.slice),
                 o_.abort));
     CPC_ASSIGN_OR_RETURN(id_, ReadSessionId(id_bytes));
@@ -734,7 +718,7 @@ class Source {
     if (have_session_) {
       std::vector<uint8_t> a(id_.begin(), id_.end());
       a.insert(a.end(), abort_token_.begin(), abort_token_.end());
-      auto r = RunOnce(b_, cvm_, o_.hvcpus[0],
+      auto r = RunCall(b_, cvm_, o_.hvcpus[0],
                        Entry("resume", tokens_.once["resume"], a, o_.slice),
                        o_.abort);
       if (!r.ok())
@@ -836,14 +820,14 @@ class Destination {
                          ReadControl(*ctl_, kOffer, kSetupTimeout));
     CPC_ASSIGN_OR_RETURN(
         auto mine,
-        RunOnce(b_, cvm_, hvcpus_[0],
+        RunCall(b_, cvm_, hvcpus_[0],
                 Entry("hello", tokens_.once["hello"],
                       HelloArgs(mig::kRoleDestination, n_), o_.slice),
                 o_.abort));
     CPC_ASSIGN_OR_RETURN(auto args, AcceptArgs(mine, offer.payload));
     CPC_ASSIGN_OR_RETURN(
         auto id_bytes,
-        RunOnce(b_, cvm_, hvcpus_[0],
+        RunCall(b_, cvm_, hvcpus_[0],
                 Entry("accept", tokens_.once["accept"], args, o_.slice),
                 o_.abort));
     CPC_ASSIGN_OR_RETURN(id_, ReadSessionId(id_bytes));
@@ -907,7 +891,7 @@ class Destination {
     std::vector<uint8_t> cargs(id_.begin(), id_.end());
     CPC_ASSIGN_OR_RETURN(
         auto committed,
-        RunOnce(b_, cvm_, hvcpus_[0],
+        RunCall(b_, cvm_, hvcpus_[0],
                 Entry("commit", tokens_.once["commit"], cargs, o_.slice),
                 o_.abort));
     have_session_ = false;  // committed: abort is impossible now
@@ -976,7 +960,7 @@ class Destination {
       std::vector<uint8_t> a(id_.begin(), id_.end());
       ByteWriter(&a).Int<uint32_t>(static_cast<uint32_t>(cause.code()));
       auto token =
-          RunOnce(b_, cvm_, hvcpus_[0],
+          RunCall(b_, cvm_, hvcpus_[0],
                   Entry("abort", tokens_.once["abort"], a, o_.slice), o_.abort);
       if (token.ok() && ctl_ != nullptr)
         (void)ctl_->WriteFrame(kAbortToken, 0, *token, 5s);

@@ -23,6 +23,7 @@
 #include "core/log.h"
 #include "core/sys.h"
 #include "emulator/launch.h"
+#include "modules/host_call.h"
 #include "modules/snapshot.h"
 
 CPC_NAMESPACE_BEGIN
@@ -192,25 +193,8 @@ Result<Tokens> GetTokens(Backend& b, CvmHandle cvm, std::string_view first,
 
 HvcpuEntry Entry(std::string procedure, std::vector<uint8_t> token,
                  std::vector<uint8_t> args, Duration slice) {
-  HvcpuEntry e;
-  e.module = snap::kModule;
-  e.procedure = std::move(procedure);
-  e.token = std::move(token);
-  e.args = std::move(args);
-  e.slice = slice;
-  return e;
-}
-
-Result<std::vector<uint8_t>> RunOnce(Backend& b, CvmHandle cvm, uint32_t hv,
-                                     HvcpuEntry e, const AbortPolicy& abort) {
-  CPC_ASSIGN_OR_RETURN(
-      CallOutcome out,
-      DriveCall(
-          [&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, hv, x); }, e,
-          abort));
-  CPC_RETURN_IF_ERROR(
-      out.status.WithContext(fmt::format("snapshot.{}", e.procedure)));
-  return out.output;
+  return CallEntry(snap::kModule, std::move(procedure), std::move(token),
+                   std::move(args), slice);
 }
 
 // Appends chunks to the file from a thread of its own, so the hvCPU fills
@@ -372,7 +356,7 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
           : static_cast<uint64_t>(
                 std::chrono::system_clock::now().time_since_epoch().count());
   ByteWriter(&begin_args).Int<uint64_t>(serial);
-  auto begun = RunOnce(backend, cvm, options.hvcpus[0],
+  auto begun = RunCall(backend, cvm, options.hvcpus[0],
                        Entry("begin", tokens.begin, begin_args, options.slice),
                        options.abort);
   if (!begun.ok()) return fail(begun.status());
@@ -453,7 +437,7 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
 
   std::vector<uint8_t> finish_args(h.id.begin(), h.id.end());
   auto final_block =
-      RunOnce(backend, cvm, options.hvcpus[0],
+      RunCall(backend, cvm, options.hvcpus[0],
               Entry("finish", tokens.finish, finish_args, options.slice),
               options.abort);
   if (!final_block.ok()) return fail(final_block.status());
@@ -529,7 +513,7 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
   w.Int<uint32_t>(h.vcpus);
   w.Bytes(h.measurement);
   CPC_RETURN_IF_ERROR(
-      RunOnce(backend, cvm, hvcpus[0],
+      RunCall(backend, cvm, hvcpus[0],
               Entry("insert_begin", tokens.begin, args, options.slice),
               options.abort)
           .status());
@@ -688,7 +672,7 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
   std::vector<uint8_t> fargs(h.id.begin(), h.id.end());
   fargs.insert(fargs.end(), final_block.begin(), final_block.end());
   CPC_RETURN_IF_ERROR(
-      RunOnce(backend, cvm, hvcpus[0],
+      RunCall(backend, cvm, hvcpus[0],
               Entry("insert_finish", tokens.finish, fargs, options.slice),
               options.abort)
           .status());

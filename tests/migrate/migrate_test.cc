@@ -14,6 +14,7 @@
 #include <cpc/policy.h>
 #include <cpc/registry.h>
 
+#include "child_processes.h"
 #include "conformance/canary.h"
 #include "emulator/host.h"
 #include "modules/audit.h"
@@ -92,24 +93,6 @@ bool Runs(Backend& b, CvmHandle cvm) {
   std::this_thread::sleep_for(50ms);
   auto d = b.ReadDirtyLog(cvm, true);
   return d.ok() && !d->empty();
-}
-
-// CVM processes that are children of this test process.
-uint64_t Children() {
-  uint64_t n = 0;
-  for (auto& p : std::filesystem::directory_iterator("/proc")) {
-    std::ifstream st(p.path() / "stat");
-    std::string line;
-    if (!std::getline(st, line)) continue;
-    auto rp = line.rfind(')');
-    if (rp == std::string::npos) continue;
-    std::istringstream in(line.substr(rp + 2));
-    std::string state;
-    long ppid = 0;
-    in >> state >> ppid;
-    if (ppid == ::getpid() && state != "Z") ++n;
-  }
-  return n;
 }
 
 struct Outcome {
@@ -202,7 +185,7 @@ TEST_CASE(
   auto c = Config(2);
   auto cvm = src->LaunchCvm(c);
   REQUIRE_OK(cvm);
-  const uint64_t children = Children();
+  const uint64_t children = cpc_test::LiveChildren();
   using A = MitmProxy::Action;
   struct Attack {
     const char* name;
@@ -240,7 +223,7 @@ TEST_CASE(
     REQUIRE(r.out.status().code() != Code::kUnavailable);
     proxy.reset();
     // Nothing lost: no destination CVM is left, the source runs.
-    REQUIRE(Children() == children);
+    REQUIRE(cpc_test::LiveChildren() == children);
     REQUIRE(Runs(*src, *cvm));
   }
   // And it can still migrate for real afterwards.
@@ -260,7 +243,7 @@ TEST_CASE("migrate: a peer of another image is refused before a page moves") {
   auto c = Config(1);
   auto cvm = src->LaunchCvm(c);
   REQUIRE_OK(cvm);
-  const uint64_t children = Children();
+  const uint64_t children = cpc_test::LiveChildren();
   IncomingOptions in;
   in.image = CPC_TEST_CVM_IMAGE;  // another build: another measurement
   std::unique_ptr<MitmProxy> proxy;
@@ -272,7 +255,7 @@ TEST_CASE("migrate: a peer of another image is refused before a page moves") {
   // No page moved: only the control connection carried anything.
   REQUIRE(proxy->stats().connections == 1);
   proxy.reset();
-  REQUIRE(Children() == children);
+  REQUIRE(cpc_test::LiveChildren() == children);
   REQUIRE(Runs(*src, *cvm));
   REQUIRE_OK(src->DestroyCvm(*cvm));
 }

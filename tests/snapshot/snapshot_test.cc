@@ -13,6 +13,7 @@
 #include <cpc/registry.h>
 #include <cpc/snapshot.h>
 
+#include "child_processes.h"
 #include "conformance/canary.h"
 #include "emulator/host.h"
 #include "modules/audit.h"
@@ -120,24 +121,6 @@ std::vector<uint8_t> Snap(Backend& b, CvmHandle cvm, const LaunchConfig& c,
   return d;
 }
 
-uint64_t Running(Backend& b) {
-  // CVM processes still alive are children of this test process.
-  (void)b;
-  uint64_t n = 0;
-  for (auto& p : std::filesystem::directory_iterator("/proc")) {
-    std::ifstream st(p.path() / "stat");
-    std::string line;
-    if (!std::getline(st, line)) continue;
-    auto rp = line.rfind(')');
-    if (rp == std::string::npos) continue;
-    std::istringstream in(line.substr(rp + 2));
-    std::string state;
-    long ppid = 0;
-    in >> state >> ppid;
-    if (ppid == ::getpid() && state != "Z") ++n;
-  }
-  return n;
-}
 }  // namespace
 
 TEST_CASE(
@@ -227,7 +210,7 @@ TEST_CASE(
               static_cast<long>(v.size()));
       return tmp / name;
     };
-    const uint64_t children = Running(*b);
+    const uint64_t children = cpc_test::LiveChildren();
     auto refused = [&](const std::string& path, LaunchConfig launch,
                        std::initializer_list<Code> codes) {
       auto r = RestoreSnapshot(*b, launch, path, RestoreOptions{});
@@ -236,7 +219,7 @@ TEST_CASE(
       REQUIRE(std::find(codes.begin(), codes.end(), r.status().code()) !=
               codes.end());
       // No half-restored CVM is left running.
-      REQUIRE(Running(*b) == children);
+      REQUIRE(cpc_test::LiveChildren() == children);
     };
     // A bit flip in the middle of the ciphertext.
     refused(variant("flip", [](auto& v) { v[v.size() / 2] ^= 0x10; }), c,
