@@ -732,8 +732,8 @@ int Restore(const std::vector<std::string>& args) {
 cpc::TenantPolicy MigratePolicy(uint64_t memory_bytes) {
   cpc::ModulePolicy migrate;
   migrate.module = "migrate";
-  migrate.procedures = {"hello", "accept", "send", "resume",
-                        "recv",  "commit", "abort"};
+  migrate.procedures = {"hello",  "accept", "send", "resume", "recv",
+                        "commit", "abort",  "ack",  "rejoin"};
   migrate.per_call = {0, 0};
   cpc::ModulePolicy audit;
   audit.module = "audit";

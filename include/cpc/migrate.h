@@ -16,6 +16,11 @@
 // and emits the start token; the destination checks everything, commits and
 // resumes.
 //
+// A network cut during precopy does not end the migration: the source
+// reconnects, the destination CVM acknowledges (sealed) what it holds, and
+// the source CVM re-sends only the pages of records that did not arrive,
+// in a new epoch (MigrationStats::reconnects).
+//
 // Never both run: the destination runs only after accepting the start
 // token; the source, once the start token left it, resumes only with the
 // destination's abort token (which a destination issues only if it will
@@ -94,6 +99,12 @@ struct MigrateOptions {
   // 2) and their size.
   uint32_t ring_buffers = 4;
   uint64_t ring_buffer_bytes = 1 << 20;
+  // A connection lost during precopy: reconnect within this long (0 = fail
+  // at once) and continue in a new epoch, re-sending only what the
+  // destination lacks; at most max_reconnects times. A cut after the pause
+  // ends the migration.
+  Duration reconnect_timeout = std::chrono::seconds(10);
+  uint32_t max_reconnects = 3;
 };
 
 CPC_EXPORT Result<MigrationStats> MigrateOut(
@@ -116,6 +127,10 @@ struct IncomingOptions {
   // Called with the fresh CVM before it is paused for the import (its agent
   // answers token requests only while it runs).
   std::function<void(CvmHandle)> before_pause;
+  // How long to wait for the source to come back after a lost connection
+  // (0 = fail at once), and how often.
+  Duration reconnect_timeout = std::chrono::seconds(10);
+  uint32_t max_reconnects = 3;
 };
 
 struct IncomingResult {

@@ -48,6 +48,13 @@ enum class RecordType : uint8_t {
   kStartToken = 4,  // destination may run: all state sent, last epoch closed
   kAbortToken = 5,  // destination aborted and will never run (backward key)
   kEnd = 6,         // no more records on this stream
+  // After a network cut: where the destination stands (its epoch and each
+  // stream's record count in it), sealed with the backward key.
+  kResumeAck = 7,
+  // The source's answer: closes the interrupted epoch at the acknowledged
+  // counts, opens a later epoch and moves each stream's counter forward
+  // past everything sealed meanwhile (IVs are never reused).
+  kResume = 8,
 };
 
 // Flags of a page-table entry.

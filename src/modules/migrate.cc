@@ -1,5 +1,6 @@
 #include "modules/migrate.h"
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -78,14 +79,32 @@ struct Session {
   std::unique_ptr<SenderSession> back_tx;
 
   // The current round's pages (leader writes before publishing plan_round).
-  std::vector<PageRef> plan;
+  std::shared_ptr<const std::vector<PageRef>> plan;
   bool plan_final = false;
   std::atomic<uint32_t> plan_round{0};
   std::unique_ptr<std::atomic<uint32_t>[]> done;  // rounds each stream did
   std::unique_ptr<std::atomic<bool>[]> claimed;   // a call runs the stream
+  std::atomic<uint32_t> running{0};               // stream calls running
   std::atomic<bool> failed{false};
   std::atomic<bool> start_sealed{false};  // the start token may be out
   std::atomic<bool> revoked{false};       // the guest OS may not run
+
+  // Source, resumption (the leader's, or rejoin's with no call running).
+  struct Run {  // one MEE call: all records full but maybe the last
+    uint32_t records;
+    uint32_t pages;
+  };
+  struct Round {
+    uint32_t epoch;
+    std::shared_ptr<const std::vector<PageRef>> plan;
+    std::vector<std::vector<Run>> runs;  // per stream, in sealing order
+  };
+  std::deque<Round> journal;  // rounds the destination may lack
+  uint64_t journal_pages = 0;
+  bool tracking = false;        // write tracking started (first plan)
+  uint32_t first_round = 0;     // where the next send calls start
+  std::vector<PageRef> lost;    // re-sent by the next round
+  std::vector<uint8_t> resume;  // resume record, sent first
 
   // A stream call gives up waiting: another stream failed or the host
   // stopped the migration.
@@ -165,7 +184,8 @@ class MigrateModule final : public Module {
  public:
   std::string_view name() const override { return kModule; }
   std::vector<std::string> procedures() const override {
-    return {"hello", "accept", "send", "resume", "recv", "commit", "abort"};
+    return {"hello",  "accept", "send", "resume", "recv",
+            "commit", "abort",  "ack",  "rejoin"};
   }
   Isolation isolation() const override { return Isolation::kPlain; }
 
@@ -178,6 +198,8 @@ class MigrateModule final : public Module {
     if (p == "recv") return Recv(ctx);
     if (p == "commit") return Commit(ctx);
     if (p == "abort") return Abort(ctx);
+    if (p == "ack") return Ack(ctx);
+    if (p == "rejoin") return Rejoin(ctx);
     return Status(Code::kNotFound,
                   fmt::format("migrate has no procedure '{}'", p));
   }
@@ -323,12 +345,16 @@ class MigrateModule final : public Module {
   // Claims stream `i` for this call; marks the session failed if the call
   // fails (the other streams stop waiting for it).
   struct StreamClaim {
+    StreamClaim(Session* session, uint32_t stream) : s(session), i(stream) {
+      s->running.fetch_add(1);
+    }
+    ~StreamClaim() {
+      if (!ok) s->failed.store(true);
+      s->running.fetch_sub(1);
+    }
     Session* s;
     uint32_t i;
     bool ok = false;
-    ~StreamClaim() {
-      if (!ok) s->failed.store(true);
-    }
   };
 
   // A stream call's arguments, its session, and the stream claimed for it
@@ -357,20 +383,50 @@ class MigrateModule final : public Module {
       s.revoked = true;
     }
     CPC_ASSIGN_OR_RETURN(std::vector<Gpa> written, p.TakeWrittenPages());
-    s.plan.clear();
-    if (round == 0) {
+    auto plan = std::make_shared<std::vector<PageRef>>();
+    if (!s.tracking) {
       // Tracking starts now (the call above); the first round sends all.
-      s.plan.resize(s.memory.pages);
+      s.tracking = true;
+      plan->resize(s.memory.pages);
       for (uint64_t i = 0; i < s.memory.pages; ++i)
-        s.plan[i] = {s.memory.base + i * kPageSize, 0};
+        (*plan)[i] = {s.memory.base + i * kPageSize, 0};
     } else {
-      s.plan.reserve(written.size());
-      for (Gpa gpa : written) s.plan.push_back({gpa, round});
+      // Written pages and those a cut lost, each once.
+      plan->reserve(written.size() + s.lost.size());
+      for (Gpa gpa : written) plan->push_back({gpa, round});
+      for (const PageRef& r : s.lost) plan->push_back({r.gpa, round});
+      if (!s.lost.empty()) {
+        std::sort(plan->begin(), plan->end(),
+                  [](auto& a, auto& b) { return a.gpa < b.gpa; });
+        plan->erase(
+            std::unique(plan->begin(), plan->end(),
+                        [](auto& a, auto& b) { return a.gpa == b.gpa; }),
+            plan->end());
+        s.lost.clear();
+      }
     }
+    Journal(s, ctl->peer_epoch.load(std::memory_order_acquire), plan);
+    s.plan = std::move(plan);
     s.plan_final = final;
-    ctl->round_pages.store(s.plan.size(), std::memory_order_relaxed);
+    ctl->round_pages.store(s.plan->size(), std::memory_order_relaxed);
     s.plan_round.store(round + 1, std::memory_order_release);
     return Status::Ok();
+  }
+
+  // Keeps `plan` for a rejoin; forgets rounds the destination is past (the
+  // host's word: a lie only makes a rejoin fail) and, beyond four guest
+  // memories of pages, the oldest.
+  void Journal(Session& s, uint32_t peer_epoch,
+               std::shared_ptr<const std::vector<PageRef>> plan) {
+    const auto drop = [&] {
+      s.journal_pages -= s.journal.front().plan->size();
+      s.journal.pop_front();
+    };
+    while (!s.journal.empty() && s.journal.front().epoch < peer_epoch) drop();
+    s.journal.push_back({s.tx->epoch(), plan, {}});
+    s.journal.back().runs.resize(s.streams);
+    s.journal_pages += plan->size();
+    while (s.journal.size() > 1 && s.journal_pages > 4 * s.memory.pages) drop();
   }
 
   Status Send(CallContext& ctx) {
@@ -403,7 +459,17 @@ class MigrateModule final : public Module {
       return Status::Ok();
     };
 
-    for (uint32_t round = 0;; ++round) {
+    if (i == 0 && !s->resume.empty()) {
+      // After a rejoin: the destination takes nothing before this record.
+      CPC_RETURN_IF_ERROR(cur.WaitFree(ctx, stop));
+      if (cur.space().size() < s->resume.size())
+        return Status(Code::kInvalidArgument, "ring buffers too small");
+      std::memcpy(cur.space().data(), s->resume.data(), s->resume.size());
+      cur.Commit(s->resume.size());
+      cur.Publish(ring::kResume);
+      s->resume.clear();
+    }
+    for (uint32_t round = s->first_round;; ++round) {
       CPC_RETURN_IF_ERROR(ring::WaitFor(
           ctx, [&] { return ctl->go_round.load() > round; }, stop));
       if (i == 0) {
@@ -423,11 +489,16 @@ class MigrateModule final : public Module {
                                       out, &ctx, ep);
             }));
       }
-      const auto [first, count] = Share(s->plan.size(), i, s->streams);
-      const std::span<const PageRef> mine(s->plan.data() + first, count);
+      const auto [first, count] = Share(s->plan->size(), i, s->streams);
+      const std::span<const PageRef> mine(s->plan->data() + first, count);
+      std::vector<Session::Run>* runs = &s->journal.back().runs[i];
       CPC_RETURN_IF_ERROR(
           pump(mine.size(), [&](size_t from, auto out, ExportProgress* ep) {
-            return ExportMemory(tx, p, mine.subspan(from), out, &ctx, ep);
+            Status st = ExportMemory(tx, p, mine.subspan(from), out, &ctx, ep);
+            if (ep->records > 0)  // what a rejoin needs to know
+              runs->push_back({static_cast<uint32_t>(ep->records),
+                               static_cast<uint32_t>(ep->pages)});
+            return st;
           }));
       CPC_RETURN_IF_ERROR(cur.WaitFree(ctx, stop));
       cur.Publish(ring::kEndOfRound |
@@ -445,6 +516,7 @@ class MigrateModule final : public Module {
           cur.Commit(m);
         }
         cur.Publish(ring::kTokens | (final ? ring::kEndOfStream : 0));
+        s->first_round = round + 1;  // a rejoin continues there
         ctl->rounds_done.store(round + 1, std::memory_order_release);
       }
       if (final) {
@@ -489,26 +561,43 @@ class MigrateModule final : public Module {
     RingCursor cur(std::move(a.bufs), a.payload);
     const auto stop = [&] { return s->Stopped(*ctl); };
 
-    for (uint32_t round = 0;;) {
+    // After an ack, stream 0 takes the resume record first: the others'
+    // records belong to the epoch it opens.
+    if (i != 0)
+      CPC_RETURN_IF_ERROR(ring::WaitFor(
+          ctx, [&] { return !s->rx->resume_pending(); }, stop));
+    uint32_t epoch = s->rx->epoch();  // of the round this stream is in
+    for (uint32_t round = 0;;) {      // rounds of this call
       CPC_RETURN_IF_ERROR(cur.WaitFull(ctx, stop));
       uint32_t flags = 0;
       CPC_ASSIGN_OR_RETURN(auto data, cur.Take(&flags));
-      if (flags & ring::kTokens) {
+      if (flags & (ring::kTokens | ring::kResume)) {
         if (i != 0)
           return Status(Code::kRecordMalformed,
                         "round tokens on a stream other than 0");
         // Every stream must have delivered the round before its epoch
         // token can balance.
-        CPC_RETURN_IF_ERROR(ring::WaitFor(
-            ctx, [&] { return s->AllDone(round + 1); }, stop));
+        if (flags & ring::kTokens)
+          CPC_RETURN_IF_ERROR(ring::WaitFor(
+              ctx, [&] { return s->AllDone(round + 1); }, stop));
         ImportProgress ip;
         CPC_RETURN_IF_ERROR(ImportRecords(rx, p, data, &ctx, &ip));
         cur.Release();
-        ++round;
-        ctl->rounds_done.store(round, std::memory_order_release);
-        if (s->rx->epoch() != round)
+        const uint32_t now = s->rx->epoch();
+        ctl->epoch.store(now, std::memory_order_release);
+        if (flags & ring::kResume) {
+          if (s->rx->resume_pending() || flags != ring::kResume)
+            return Status(Code::kRecordMalformed,
+                          "a resume buffer without the resume record");
+          epoch = now;
+          continue;
+        }
+        if (now != epoch + 1)
           return Status(Code::kEpochMismatch,
                         "a round ended without its epoch token");
+        epoch = now;
+        ++round;
+        ctl->rounds_done.fetch_add(1, std::memory_order_release);
         if (flags & ring::kEndOfStream) {
           if (!s->rx->started())
             return Status(Code::kIncomplete,
@@ -532,7 +621,8 @@ class MigrateModule final : public Module {
           }
           // The next round's records belong to the next epoch.
           CPC_RETURN_IF_ERROR(ring::WaitFor(
-              ctx, [&] { return s->rx->epoch() > round; }, stop));
+              ctx, [&] { return s->rx->epoch() > epoch; }, stop));
+          epoch = s->rx->epoch();
           ++round;
         }
       } else if (flags & ring::kEndOfStream) {
@@ -540,6 +630,108 @@ class MigrateModule final : public Module {
                       "a migration stream ended inside a round");
       }
     }
+  }
+
+  // Destination, after a cut: where we stand, for the source.
+  Status Ack(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    if (!r.done())
+      return Status(Code::kInvalidArgument, "bad migrate.ack arguments");
+    CPC_ASSIGN_OR_RETURN(auto s, Find(id, kRoleDestination));
+    if (s->running.load() != 0)
+      return Status(Code::kFailedPrecondition,
+                    "recv calls still run: stop them before the ack");
+    std::vector<uint8_t> out(64 << 10);
+    CPC_ASSIGN_OR_RETURN(size_t n,
+                         s->rx->SealResumeAck(s->back_tx->stream(0), out));
+    out.resize(n);
+    // New recv calls continue the session (the receiver kept its state).
+    for (uint32_t k = 0; k < s->streams; ++k) {
+      s->done[k].store(0);
+      s->claimed[k].store(false);
+    }
+    s->failed.store(false);
+    ctx.SetOutput(std::move(out));
+    return Status::Ok();
+  }
+
+  // Source, after a cut: the destination's ack decides what is re-sent.
+  Status Rejoin(CallContext& ctx) {
+    ByteReader r(ctx.args());
+    CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    CPC_ASSIGN_OR_RETURN(auto s, Find(id, kRoleSource));
+    if (s->running.load() != 0)
+      return Status(Code::kFailedPrecondition,
+                    "send calls still run: stop them before a rejoin");
+    if (s->revoked.load() || s->start_sealed.load())
+      return Status(Code::kFailedPrecondition,
+                    "the final round began: a migration cannot rejoin then");
+    CPC_RETURN_IF_ERROR(
+        ImportRecords(s->back_rx->stream(0), ctx.platform(), r.rest(), &ctx)
+            .WithContext("the destination's resume ack"));
+    CPC_ASSIGN_OR_RETURN(Receiver::ResumeAck ack,
+                         s->back_rx->TakePeerResumeAck());
+    if (ack.records.size() != s->streams)
+      return Status(Code::kRecordMalformed, "resume ack for another session");
+    if (!s->journal.empty() && ack.epoch < s->journal.front().epoch)
+      return Status(Code::kFailedPrecondition,
+                    fmt::format("the destination is at epoch {}; this side "
+                                "kept rounds from epoch {} on",
+                                ack.epoch, s->journal.front().epoch));
+    // Every page the destination may lack: the unacknowledged part of each
+    // stream's share of its epoch, and all of every later round.
+    const size_t ppr = s->tx->options().pages_per_record;
+    std::vector<PageRef> lost;
+    std::vector<uint64_t> covered(s->streams, 0);
+    for (const Session::Round& rd : s->journal) {
+      if (rd.epoch < ack.epoch) continue;
+      for (uint32_t k = 0; k < s->streams; ++k) {
+        const auto [first, count] = Share(rd.plan->size(), k, s->streams);
+        size_t acked = 0;
+        if (rd.epoch == ack.epoch) {
+          // MEE fills records with pages_per_record pages but the last of
+          // each call.
+          uint64_t left = ack.records[k];
+          for (const Session::Run& run : rd.runs[k]) {
+            if (left == 0) break;
+            const uint64_t take = std::min<uint64_t>(left, run.records);
+            acked += take == run.records ? run.pages : take * ppr;
+            left -= take;
+          }
+          if (left != 0)
+            return Status(Code::kEpochMismatch,
+                          fmt::format("the ack counts {} records of stream "
+                                      "{} in epoch {}; fewer were sealed",
+                                      ack.records[k], k, rd.epoch));
+          covered[k] = ack.records[k];
+        }
+        lost.insert(lost.end(), rd.plan->begin() + first + acked,
+                    rd.plan->begin() + first + count);
+      }
+    }
+    for (uint32_t k = 0; k < s->streams; ++k)
+      if (covered[k] != ack.records[k])
+        return Status(Code::kEpochMismatch,
+                      fmt::format("the ack counts {} records of stream {} in "
+                                  "epoch {}; none were sealed",
+                                  ack.records[k], k, ack.epoch));
+    std::vector<uint8_t> resume(64 << 10);
+    CPC_ASSIGN_OR_RETURN(size_t n,
+                         s->tx->SealResume(ack.epoch, ack.records, resume));
+    resume.resize(n);
+    s->resume = std::move(resume);
+    s->lost = std::move(lost);  // deduplicated by the next plan
+    for (uint32_t k = 0; k < s->streams; ++k) {
+      s->done[k].store(s->first_round);
+      s->claimed[k].store(false);
+    }
+    s->plan_round.store(s->first_round);
+    s->failed.store(false);
+    std::vector<uint8_t> out;
+    ByteWriter(&out).Int<uint32_t>(s->first_round);
+    ctx.SetOutput(std::move(out));
+    return Status::Ok();
   }
 
   Status Commit(CallContext& ctx) {

@@ -24,6 +24,16 @@
 //           u32 epochs}
 //   abort   (destination) args {id, u32 reason}: this CVM will never run;
 //           output the abort token (backward key) for the source.
+//   ack     (destination) args {id}: after a network cut, once every recv
+//           call ended: output a resume ack (backward key) saying where the
+//           destination stands; only the source's resume record answering
+//           it is accepted next. The streams may run again (new recv calls).
+//   rejoin  (source) args {id, resume ack}: once every send call ended and
+//           before the final round: verifies the ack, closes the
+//           interrupted epoch there (a resume record, sent first by the
+//           next stream 0 call), and puts every page whose record did not
+//           arrive - and the rest of the interrupted round - into the next
+//           round. Output {u32 next round}: the host continues there.
 //
 // Rounds. The host controls when: it raises Control::go_round to let round
 // r start, and sets Control::final_round = r + 1 (after pausing the guest)
@@ -35,6 +45,14 @@
 // start token) into a kTokens buffer. The destination imports a round's
 // tokens only after every stream delivered the round, and starts the next
 // round only after the epoch token (docs/FORMAT.md section 6).
+//
+// Resumption (docs/FORMAT.md section 6.2). The source remembers each
+// round's plan (which pages each stream sealed, in order) until the host
+// reports, via Control::peer_epoch, that the destination is past it; a lie
+// there can only make a later rejoin fail (kFailedPrecondition), never
+// lose a page. The acknowledged record counts tell exactly which pages
+// arrived: each stream seals its share of a round in order, and the source
+// journals how many pages each MEE call put in how many records.
 //
 // Everything the host writes (control block, rings) is untrusted input: it
 // can delay or stop a migration, never make either side accept less than a
@@ -64,7 +82,11 @@ struct Control {
   std::atomic<uint32_t> rounds_done;  // module: epochs closed / imported
   std::atomic<uint64_t> round_pages;  // module: pages planned this round
   std::atomic<uint64_t> round_bytes;  // module: guest bytes sealed so far
-  uint8_t pad[32];
+  // Source, host: the destination's epoch (a hint; see Resumption).
+  std::atomic<uint32_t> peer_epoch;
+  // Destination, module: its current epoch (for the host to relay).
+  std::atomic<uint32_t> epoch;
+  uint8_t pad[24];
 };
 static_assert(sizeof(Control) == 64);
 

@@ -8,8 +8,17 @@
 //   kCommitted dst: the destination committed and runs (u64 pages)
 //   kAbortToken dst: the destination aborted; its abort token
 //   kFail    either: status (code, subcode, message); the sender gives up
+//   kEpoch   dst: u32 its epoch (lets the source forget older rounds)
+// After a network cut during precopy, on a new control connection:
+//   kResumeHello src: u32 magic, u32 version, session id
+//   kResumeAck   dst: the destination CVM's resume ack (sealed record)
+// then new data connections, and the streams run on.
 // Data connections (one per stream): kDataHello {session id, u32 stream},
 // then kChunk frames: flags = ring flags, payload = one ring buffer.
+//
+// A side fails on purpose with kFail on the control connection before it
+// closes anything; a connection lost without one is a cut, which precopy
+// survives (reconnect_timeout) and the final round does not.
 // The hosts never look inside a chunk: it is sealed inside the CVMs.
 #include <atomic>
 #include <condition_variable>
@@ -68,6 +77,9 @@ enum FrameType : uint16_t {
   kCommitted = 5,
   kAbortToken = 6,
   kFail = 7,
+  kResumeHello = 8,
+  kResumeAck = 9,
+  kEpoch = 10,
   kDataHello = 16,
   kChunk = 17,
 };
@@ -353,6 +365,11 @@ class Inbox {
           cv_.notify_all();
           return;
         }
+        if (f->header.type == kEpoch) {  // a hint, not a message to wait for
+          if (f->payload.size() == 4)
+            peer_epoch_.store(LoadLe<uint32_t>(f->payload.data()));
+          continue;
+        }
         if (f->header.type == kFail && failure_.ok())
           failure_ = DecodeFail(f->payload);
         frames_.push_back(std::move(f).value());
@@ -386,6 +403,20 @@ class Inbox {
     std::lock_guard<std::mutex> lock(mu_);
     return failure_;
   }
+  // The connection ended (error or EOF).
+  bool Closed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !closed_.ok();
+  }
+  // Waits up to `timeout` for a kFail or the end of the connection; true if
+  // the peer failed on purpose.
+  bool PeerFailed(Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout,
+                 [&] { return !failure_.ok() || !closed_.ok(); });
+    return !failure_.ok();
+  }
+  uint32_t peer_epoch() const { return peer_epoch_.load(); }
 
  private:
   Connection* conn_ = nullptr;
@@ -395,7 +426,44 @@ class Inbox {
   std::deque<net::Frame> frames_;
   Status failure_;
   Status closed_;
+  std::atomic<uint32_t> peer_epoch_{0};
 };
+
+// Every ring buffer free again (no call uses the rings).
+void ResetRings(const Rings& r) {
+  for (const auto& bufs : r.bufs)
+    for (uint8_t* p : bufs) {
+      auto* h = reinterpret_cast<RingHead*>(p);
+      h->flags = 0;
+      h->len = 0;
+      h->state.store(ring::kFree, std::memory_order_release);
+    }
+}
+
+// The next control frame of a resume handshake: kFail is final (the peer
+// gave up), anything else unexpected or an I/O error may be retried.
+Result<net::Frame> ReadResumeFrame(Connection& c, uint16_t want,
+                                   Duration timeout, bool* final) {
+  *final = false;
+  auto f = c.ReadFrame(timeout, 1u << 20);
+  if (!f.ok()) return f.status();
+  if (f->header.type == kFail) {
+    *final = true;
+    return DecodeFail(f->payload);
+  }
+  if (f->header.type != want)
+    return Status(Code::kIoError, "migration protocol: unexpected message");
+  return f;
+}
+
+std::vector<uint8_t> ResumeHello(const SessionId& id) {
+  std::vector<uint8_t> h;
+  ByteWriter w(&h);
+  w.Int<uint32_t>(kMagic);
+  w.Int<uint32_t>(kWireVersion);
+  w.Bytes(id);
+  return h;
+}
 
 // --- source --------------------------------------------------------------
 
@@ -437,7 +505,8 @@ class Source {
       return Status(Code::kInvalidArgument,
                     "MigrateOptions.launch must describe the CVM for the "
                     "destination (memory_bytes, policy, hvCPUs)");
-    CPC_ASSIGN_OR_RETURN(net::Endpoint ep, net::ParseEndpoint(o_.destination));
+    CPC_ASSIGN_OR_RETURN(ep_, net::ParseEndpoint(o_.destination));
+    const net::Endpoint& ep = ep_;
     CPC_ASSIGN_OR_RETURN(rings_, LayOutRings(b_, cvm_, n, o_.ring_buffers,
                                              o_.ring_buffer_bytes));
     CPC_ASSIGN_OR_RETURN(
@@ -485,25 +554,114 @@ class Source {
       CPC_RETURN_IF_ERROR(c->WriteFrame(kDataHello, 0, h));
       data_.push_back(std::move(c));
     }
-    inbox_.Start(ctl_.get());
+    inbox_->Start(ctl_.get());
     stats_.Update([&](MigrationStats& st) {
       st.state = MigrationStats::State::kActive;
       st.setup_time = Clock::now() - t0_;
     });
 
     bytes_.reset(new std::atomic<uint64_t>[n]);
-    for (uint32_t i = 0; i < n; ++i) {
-      bytes_[i] = 0;
-      threads_.Add([this, i] { return SendStream(i); });
-      threads_.Add([this, i] {
-        return DriveStream(
-            b_, cvm_, o_.hvcpus[i],
-            Entry("send", tokens_.streams[i], rings_.Args(id_, i), o_.slice),
-            o_.abort, threads_.stop_flag());
-      });
-    }
+    for (uint32_t i = 0; i < n; ++i) bytes_[i] = 0;
+    StartStreams(tokens_.streams);
     CPC_RETURN_IF_ERROR(Rounds());
     return AwaitVerdict();
+  }
+
+  // One thread moving stream i's ring to its connection, one driving its
+  // send call, per stream.
+  void StartStreams(const std::vector<std::vector<uint8_t>>& tokens) {
+    for (uint32_t i = 0; i < streams(); ++i) {
+      threads_->Add([this, i] { return SendStream(i); });
+      threads_->Add([this, i, t = tokens[i]] {
+        return DriveStream(b_, cvm_, o_.hvcpus[i],
+                           Entry("send", t, rings_.Args(id_, i), o_.slice),
+                           o_.abort, threads_->stop_flag());
+      });
+    }
+  }
+
+  // After a stream or the control connection failed: whether that was a
+  // cut this migration survives, rather than the peer giving up.
+  bool Resumable() {
+    if (paused_ || o_.reconnect_timeout <= Duration::zero() ||
+        reconnects_ >= o_.max_reconnects || !link_lost_.load())
+      return false;
+    // A peer failing on purpose says so before it closes anything.
+    return !inbox_->PeerFailed(1s);
+  }
+
+  // Stops the streams, reconnects, and lets the destination's resume ack
+  // decide what is re-sent. Returns the round to continue with.
+  Result<uint32_t> Reconnect() {
+    const uint32_t n = streams();
+    CPC_LOG_WARN("migration: connection lost; reconnecting to {}",
+                 o_.destination);
+    rings_.control->stop.store(1, std::memory_order_release);
+    threads_->Stop();
+    for (auto& c : data_) c->Shutdown();
+    ctl_->Shutdown();
+    threads_->Join();
+    inbox_->Stop();
+    threads_ = std::make_unique<StreamThreads>();
+    inbox_ = std::make_unique<Inbox>();
+    data_.clear();
+    link_lost_ = false;
+    ++reconnects_;
+    stats_.Update([&](MigrationStats& st) { st.reconnects = reconnects_; });
+    // The guest runs (precopy): its agent issues the new calls' tokens.
+    CPC_ASSIGN_OR_RETURN(Tokens t, GetTokens(b_, cvm_, {"rejoin"}, "send", n,
+                                             o_.launch.memory_bytes));
+    const auto until = Clock::now() + o_.reconnect_timeout;
+    Status last(Code::kTimeout, "no attempt");
+    std::vector<uint8_t> ack;
+    for (;;) {
+      const auto left = until - Clock::now();
+      if (left <= Duration::zero())
+        return last.WithContext(fmt::format(
+            "reconnecting for {:.1f} s",
+            std::chrono::duration<double>(o_.reconnect_timeout).count()));
+      auto c = Connection::Connect(ep_, std::min<Duration>(left, 2s));
+      if (c.ok() &&
+          (last = (*c)->WriteFrame(kResumeHello, 0, ResumeHello(id_), 2s))
+              .ok()) {
+        bool final = false;
+        auto f = ReadResumeFrame(**c, kResumeAck,
+                                 std::min<Duration>(until - Clock::now(), 10s),
+                                 &final);
+        if (f.ok()) {
+          ack = std::move(f->payload);
+          ctl_ = std::move(c).value();
+          break;
+        }
+        if (final) return f.status();
+        last = f.status();
+      } else if (!c.ok()) {
+        last = c.status();
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    std::vector<uint8_t> a(id_.begin(), id_.end());
+    a.insert(a.end(), ack.begin(), ack.end());
+    CPC_ASSIGN_OR_RETURN(
+        auto out,
+        RunCall(b_, cvm_, o_.hvcpus[0],
+                Entry("rejoin", t.once["rejoin"], a, o_.slice), o_.abort));
+    if (out.size() != 4)
+      return Status(Code::kInternal, "bad migrate.rejoin output");
+    const uint32_t next = LoadLe<uint32_t>(out.data());
+    for (uint32_t i = 0; i < n; ++i) {
+      CPC_ASSIGN_OR_RETURN(auto c, Connection::Connect(ep_, 10s));
+      std::vector<uint8_t> h(id_.begin(), id_.end());
+      ByteWriter(&h).Int<uint32_t>(i);
+      CPC_RETURN_IF_ERROR(c->WriteFrame(kDataHello, 0, h));
+      data_.push_back(std::move(c));
+    }
+    ResetRings(rings_);
+    rings_.control->stop.store(0, std::memory_order_release);
+    inbox_->Start(ctl_.get());
+    StartStreams(t.streams);
+    CPC_LOG_INFO("migration: reconnected; continuing with round {}", next);
+    return next;
   }
 
   uint64_t WireBytes() const {
@@ -518,15 +676,18 @@ class Source {
     Connection& c = *data_[i];
     for (uint32_t k = 0;; k = (k + 1) % rings_.count) {
       RingHead* h = rings_.head(i, k);
-      if (!WaitHead(h, ring::kFull, threads_.stop_flag()))
+      if (!WaitHead(h, ring::kFull, threads_->stop_flag()))
         return Status(Code::kCancelled, "migration stopped");
       const uint32_t flags = h->flags;
       const uint64_t len = h->len;
       if (len > rings_.payload_bytes())
         return Status(Code::kInternal, "ring buffer length out of range");
-      CPC_RETURN_IF_ERROR(c.WriteFrame(kChunk, static_cast<uint16_t>(flags),
-                                       {rings_.payload(i, k), len})
-                              .WithContext(fmt::format("stream {}", i)));
+      if (Status w = c.WriteFrame(kChunk, static_cast<uint16_t>(flags),
+                                  {rings_.payload(i, k), len});
+          !w.ok()) {
+        if (!threads_->failed()) link_lost_ = true;
+        return w.WithContext(fmt::format("stream {}", i));
+      }
       bytes_[i] += net::kFrameHeaderBytes + len;
       h->state.store(ring::kFree, std::memory_order_release);
       if (flags & ring::kEndOfStream) return Status::Ok();
@@ -537,8 +698,14 @@ class Source {
   Status WaitRounds(uint32_t rounds) {
     auto last_report = Clock::now();
     while (rings_.control->rounds_done.load() < rounds) {
-      if (threads_.failed()) return threads_.first_error();
-      CPC_RETURN_IF_ERROR(inbox_.PeerFailure());
+      if (threads_->failed()) return threads_->first_error();
+      CPC_RETURN_IF_ERROR(inbox_->PeerFailure());
+      if (inbox_->Closed()) {
+        link_lost_ = true;
+        return Status(Code::kIoError, "the control connection was lost");
+      }
+      rings_.control->peer_epoch.store(inbox_->peer_epoch(),
+                                       std::memory_order_release);
       if (o_.deadline > Duration::zero() && Clock::now() - t0_ > o_.deadline)
         return Status(Code::kAborted,
                       "the migration did not complete within its deadline");
@@ -573,7 +740,12 @@ class Source {
       const uint64_t wire0 = WireBytes();
       round_base_ = ctl->round_bytes.load();
       ctl->go_round.store(round + 1, std::memory_order_release);
-      CPC_RETURN_IF_ERROR(WaitRounds(round + 1));
+      if (Status st = WaitRounds(round + 1); !st.ok()) {
+        if (!Resumable()) return st;
+        CPC_ASSIGN_OR_RETURN(round, Reconnect());
+        --round;  // the loop's ++ takes us there
+        continue;
+      }
       const double dt =
           std::chrono::duration<double>(Clock::now() - t_round).count();
       const uint64_t sent = WireBytes() - wire0;
@@ -642,11 +814,11 @@ class Source {
     CPC_RETURN_IF_ERROR(WaitRounds(round + 1));
     Trace("final round sealed");
     // Every stream thread ends once its last buffer is on the wire.
-    while (!threads_.WaitAll(Clock::now() + 10ms)) {
-      if (threads_.failed()) return threads_.first_error();
-      CPC_RETURN_IF_ERROR(inbox_.PeerFailure());
+    while (!threads_->WaitAll(Clock::now() + 10ms)) {
+      if (threads_->failed()) return threads_->first_error();
+      CPC_RETURN_IF_ERROR(inbox_->PeerFailure());
     }
-    CPC_RETURN_IF_ERROR(threads_.first_error());
+    CPC_RETURN_IF_ERROR(threads_->first_error());
     Trace("final round sent");
     const uint64_t pages = ctl->round_pages.load();
     stats_.Update([&](MigrationStats& st) {
@@ -659,7 +831,7 @@ class Source {
   }
 
   Status AwaitVerdict() {
-    auto f = inbox_.Next(o_.verdict_timeout);
+    auto f = inbox_->Next(o_.verdict_timeout);
     if (!f.ok()) return f.status().WithContext("waiting for the destination");
     if (f->header.type == kCommitted) {
       Trace("committed");
@@ -681,21 +853,24 @@ class Source {
 
   // Stops everything and gives the source its guest back when that is safe.
   Result<MigrationStats> Fail(Status cause) {
+    // Say so before closing anything: the destination must not take this
+    // for a network cut.
+    const bool tell = ctl_ != nullptr && abort_token_.empty();
+    if (tell) (void)ctl_->WriteFrame(kFail, 0, EncodeFail(cause), 1s);
     if (rings_.control != nullptr)
       rings_.control->stop.store(1, std::memory_order_release);
-    threads_.Stop();
+    threads_->Stop();
     for (auto& c : data_) c->Shutdown();
-    threads_.Join();
-    if (ctl_ != nullptr && abort_token_.empty()) {
-      (void)ctl_->WriteFrame(kFail, 0, EncodeFail(cause), 1s);
+    threads_->Join();
+    if (tell) {
       // The destination answers with its reason and, if it had a session,
       // its abort token. Once the start token may be out, that token is the
       // only way back for the source, so wait for it longer.
       const Duration wait = paused_ ? o_.verdict_timeout : Duration(2s);
       const auto until = Clock::now() + wait;
       while (abort_token_.empty() && Clock::now() < until) {
-        auto f = inbox_.started()
-                     ? inbox_.Next(until - Clock::now())
+        auto f = inbox_->started()
+                     ? inbox_->Next(until - Clock::now())
                      : ctl_->ReadFrame(until - Clock::now(), 1u << 20);
         if (!f.ok()) break;
         if (f->header.type == kFail) {
@@ -745,13 +920,17 @@ class Source {
   StatsBox stats_;
   Rings rings_;
   Tokens tokens_;
+  net::Endpoint ep_;
   std::unique_ptr<Connection> ctl_;
-  Inbox inbox_;  // reads ctl_ once the streams run
+  // Reads ctl_ once the streams run. Declared after ctl_: stops first.
+  std::unique_ptr<Inbox> inbox_ = std::make_unique<Inbox>();
   std::vector<std::unique_ptr<Connection>> data_;
   SessionId id_{};
   bool have_session_ = false;
   std::unique_ptr<std::atomic<uint64_t>[]> bytes_;
-  StreamThreads threads_;
+  std::unique_ptr<StreamThreads> threads_ = std::make_unique<StreamThreads>();
+  std::atomic<bool> link_lost_{false};  // a connection failed under us
+  uint32_t reconnects_ = 0;
   uint64_t round_base_ = 0;
   Clock::time_point paused_at_;
   bool paused_ = false;
@@ -812,6 +991,18 @@ class Destination {
     CPC_ASSIGN_OR_RETURN(
         tokens_, GetTokens(b_, cvm_, {"hello", "accept", "commit", "abort"},
                            "recv", n_, cfg.memory_bytes));
+    // A paused guest's agent issues no tokens: those for reconnecting now.
+    // A policy without "ack" only means a cut ends the migration.
+    for (uint32_t k = 0;
+         k < o_.max_reconnects && o_.reconnect_timeout > Duration::zero();
+         ++k) {
+      auto t = GetTokens(b_, cvm_, {"ack"}, "recv", n_, cfg.memory_bytes);
+      if (!t.ok()) {
+        CPC_LOG_WARN("migration: no reconnects ({})", t.status().ToString());
+        break;
+      }
+      spare_.push_back(std::move(t).value());
+    }
     CPC_RETURN_IF_ERROR(b_.PauseGuest(cvm_));
     CPC_ASSIGN_OR_RETURN(rings_, LayOutRings(b_, cvm_, n_, 4, 1 << 20));
     CPC_RETURN_IF_ERROR(ctl_->WriteFrame(kReady, 0, {}));
@@ -834,59 +1025,23 @@ class Destination {
     have_session_ = true;
     CPC_RETURN_IF_ERROR(ctl_->WriteFrame(kAnswer, 0, mine));
 
-    data_.resize(n_);
-    for (uint32_t got = 0; got < n_; ++got) {
-      CPC_ASSIGN_OR_RETURN(auto c, listener_->Accept(kSetupTimeout));
-      CPC_ASSIGN_OR_RETURN(net::Frame h, c->ReadFrame(kSetupTimeout, 64));
-      if (h.header.type != kDataHello || h.payload.size() != 20 ||
-          std::memcmp(h.payload.data(), id_.data(), 16) != 0)
-        return Status(Code::kIoError, "unexpected migration data connection");
-      const uint32_t s = LoadLe<uint32_t>(h.payload.data() + 16);
-      if (s >= n_ || data_[s] != nullptr)
-        return Status(Code::kIoError, "bad migration stream index");
-      data_[s] = std::move(c);
-    }
+    CPC_RETURN_IF_ERROR(AcceptData(Clock::now() + kSetupTimeout));
     stats_.Update([&](MigrationStats& st) {
       st.state = MigrationStats::State::kActive;
       st.setup_time = Clock::now() - t0_;
     });
 
     // The source may give up at any time: its kFail stops us.
-    inbox_.Start(ctl_.get());
+    inbox_->Start(ctl_.get());
     bytes_.reset(new std::atomic<uint64_t>[n_]);
-    for (uint32_t i = 0; i < n_; ++i) {
-      bytes_[i] = 0;
-      threads_.Add([this, i] { return ReceiveStream(i); });
-      threads_.Add([this, i] {
-        return DriveStream(
-            b_, cvm_, hvcpus_[i],
-            Entry("recv", tokens_.streams[i], rings_.Args(id_, i), o_.slice),
-            o_.abort, threads_.stop_flag());
-      });
+    for (uint32_t i = 0; i < n_; ++i) bytes_[i] = 0;
+    StartStreams(tokens_.streams);
+    for (;;) {
+      Status st = WaitStreams();
+      if (st.ok()) break;
+      if (!Resumable()) return st;
+      CPC_RETURN_IF_ERROR(AwaitRejoin());
     }
-    auto last = Clock::now();
-    while (!threads_.WaitAll(Clock::now() + 5ms)) {
-      if (Status pf = inbox_.PeerFailure(); !pf.ok() && peer_failed_.ok()) {
-        peer_failed_ = pf;
-        rings_.control->stop.store(1);
-        threads_.Stop();
-        for (auto& c : data_) c->Shutdown();
-      }
-      if (Clock::now() - last >= 100ms) {
-        last = Clock::now();
-        Report();
-      }
-    }
-    // Our own finding (tampering, loss) names the attack better than the
-    // source's report of its symptoms.
-    if (Status own = threads_.first_error(); !own.ok()) {
-      if (own.code() != Code::kCancelled) return own;
-      CPC_RETURN_IF_ERROR(peer_failed_);
-      CPC_RETURN_IF_ERROR(inbox_.PeerFailure());
-      return own;
-    }
-    CPC_RETURN_IF_ERROR(peer_failed_);
-    CPC_RETURN_IF_ERROR(inbox_.PeerFailure());
 
     std::vector<uint8_t> cargs(id_.begin(), id_.end());
     CPC_ASSIGN_OR_RETURN(
@@ -907,24 +1062,157 @@ class Destination {
     return Status::Ok();
   }
 
+  // Accepts one data connection per stream (until `deadline`).
+  Status AcceptData(Clock::time_point deadline) {
+    data_.clear();
+    data_.resize(n_);
+    for (uint32_t got = 0; got < n_; ++got) {
+      const auto left = deadline - Clock::now();
+      if (left <= Duration::zero())
+        return Status(Code::kTimeout, "the source opened too few streams");
+      CPC_ASSIGN_OR_RETURN(auto c, listener_->Accept(left));
+      CPC_ASSIGN_OR_RETURN(net::Frame h,
+                           c->ReadFrame(std::min<Duration>(left, 10s), 64));
+      if (h.header.type != kDataHello || h.payload.size() != 20 ||
+          std::memcmp(h.payload.data(), id_.data(), 16) != 0)
+        return Status(Code::kIoError, "unexpected migration data connection");
+      const uint32_t s = LoadLe<uint32_t>(h.payload.data() + 16);
+      if (s >= n_ || data_[s] != nullptr)
+        return Status(Code::kIoError, "bad migration stream index");
+      data_[s] = std::move(c);
+    }
+    return Status::Ok();
+  }
+
+  void StartStreams(const std::vector<std::vector<uint8_t>>& tokens) {
+    for (uint32_t i = 0; i < n_; ++i) {
+      threads_->Add([this, i] { return ReceiveStream(i); });
+      threads_->Add([this, i, t = tokens[i]] {
+        return DriveStream(b_, cvm_, hvcpus_[i],
+                           Entry("recv", t, rings_.Args(id_, i), o_.slice),
+                           o_.abort, threads_->stop_flag());
+      });
+    }
+  }
+
+  // Until every stream ended; relays our epoch to the source meanwhile.
+  Status WaitStreams() {
+    auto last = Clock::now();
+    uint32_t told = 0;
+    while (!threads_->WaitAll(Clock::now() + 5ms)) {
+      if (Status pf = inbox_->PeerFailure(); !pf.ok() && peer_failed_.ok()) {
+        peer_failed_ = pf;
+        rings_.control->stop.store(1);
+        threads_->Stop();
+        for (auto& c : data_) c->Shutdown();
+      }
+      if (inbox_->Closed() && !threads_->failed()) {
+        link_lost_ = true;
+        rings_.control->stop.store(1);
+        threads_->Stop();
+      }
+      if (const uint32_t e = rings_.control->epoch.load(); e != told) {
+        std::vector<uint8_t> b;
+        ByteWriter(&b).Int<uint32_t>(e);
+        if (ctl_->WriteFrame(kEpoch, 0, b, 1s).ok()) told = e;
+      }
+      if (Clock::now() - last >= 100ms) {
+        last = Clock::now();
+        Report();
+      }
+    }
+    // Our own finding (tampering, loss) names the attack better than the
+    // source's report of its symptoms.
+    if (Status own = threads_->first_error(); !own.ok()) {
+      if (own.code() != Code::kCancelled) return own;
+      CPC_RETURN_IF_ERROR(peer_failed_);
+      CPC_RETURN_IF_ERROR(inbox_->PeerFailure());
+      return own;
+    }
+    CPC_RETURN_IF_ERROR(peer_failed_);
+    return inbox_->PeerFailure();
+  }
+
+  bool Resumable() {
+    if (o_.reconnect_timeout <= Duration::zero() || !link_lost_.load() ||
+        reconnects_ >= spare_.size() || !peer_failed_.ok())
+      return false;
+    return !inbox_->PeerFailed(1s);
+  }
+
+  // After a cut: stops the streams, and waits for the source to come back
+  // with the session id; answers with this CVM's resume ack.
+  Status AwaitRejoin() {
+    CPC_LOG_WARN("migration: connection lost; waiting {:.1f} s for the source",
+                 std::chrono::duration<double>(o_.reconnect_timeout).count());
+    rings_.control->stop.store(1);
+    threads_->Stop();
+    for (auto& c : data_) c->Shutdown();
+    ctl_->Shutdown();
+    threads_->Join();
+    inbox_->Stop();
+    threads_ = std::make_unique<StreamThreads>();
+    inbox_ = std::make_unique<Inbox>();
+    data_.clear();
+    link_lost_ = false;
+    const auto until = Clock::now() + o_.reconnect_timeout;
+    Status last(Code::kTimeout, "the source did not come back");
+    for (;;) {
+      const auto left = until - Clock::now();
+      if (left <= Duration::zero() || reconnects_ >= spare_.size())
+        return last.WithContext("waiting for the source to reconnect");
+      auto c = listener_->Accept(left);
+      if (!c.ok()) {
+        last = c.status();
+        continue;
+      }
+      auto f = (*c)->ReadFrame(std::min<Duration>(left, 5s), 64);
+      if (!f.ok() || f->header.type != kResumeHello ||
+          f->payload != ResumeHello(id_))
+        continue;  // not our source, or not a resume
+      Tokens& t = spare_[reconnects_++];
+      std::vector<uint8_t> args(id_.begin(), id_.end());
+      CPC_ASSIGN_OR_RETURN(
+          auto ack,
+          RunCall(b_, cvm_, hvcpus_[0],
+                  Entry("ack", t.once["ack"], args, o_.slice), o_.abort));
+      if (!(*c)->WriteFrame(kResumeAck, 0, ack, 5s).ok()) continue;
+      ctl_ = std::move(c).value();
+      if (Status st = AcceptData(until); !st.ok()) {
+        last = st;
+        continue;
+      }
+      stats_.Update([&](MigrationStats& st) { st.reconnects = reconnects_; });
+      ResetRings(rings_);
+      rings_.control->stop.store(0);
+      inbox_->Start(ctl_.get());
+      StartStreams(t.streams);
+      CPC_LOG_INFO("migration: the source reconnected");
+      return Status::Ok();
+    }
+  }
+
   Status ReceiveStream(uint32_t i) {
     Connection& c = *data_[i];
     for (uint32_t k = 0;; k = (k + 1) % rings_.count) {
       auto h = c.ReadFrameHeader(Duration::zero(),
                                  static_cast<uint32_t>(rings_.payload_bytes()));
       if (!h.ok()) {
-        if (threads_.failed())
+        if (threads_->failed())
           return Status(Code::kCancelled, "migration stopped");
+        link_lost_ = true;
         return h.status().WithContext(fmt::format("stream {}", i));
       }
       if (h->type != kChunk)
         return Status(Code::kIoError,
                       fmt::format("stream {}: unexpected frame", i));
       RingHead* head = rings_.head(i, k);
-      if (!WaitHead(head, ring::kFree, threads_.stop_flag()))
+      if (!WaitHead(head, ring::kFree, threads_->stop_flag()))
         return Status(Code::kCancelled, "migration stopped");
-      CPC_RETURN_IF_ERROR(c.ReadExact({rings_.payload(i, k), h->length})
-                              .WithContext(fmt::format("stream {}", i)));
+      if (Status r = c.ReadExact({rings_.payload(i, k), h->length}); !r.ok()) {
+        if (!threads_->failed()) link_lost_ = true;
+        return r.WithContext(fmt::format("stream {}", i));
+      }
       bytes_[i] += net::kFrameHeaderBytes + h->length;
       head->len = h->length;
       head->flags = h->flags;
@@ -945,17 +1233,18 @@ class Destination {
   }
 
   Result<IncomingResult> Fail(const Status& cause) {
-    if (rings_.control != nullptr) rings_.control->stop.store(1);
-    threads_.Stop();
-    for (auto& c : data_)
-      if (c) c->Shutdown();
-    threads_.Join();
-    // Our reason first, then (if we had a session) the abort token that
-    // lets the source run again: this CVM is destroyed and never runs.
-    const bool peer_failed =
-        !peer_failed_.ok() || (inbox_.started() && !inbox_.PeerFailure().ok());
+    // Our reason first, before closing anything (the source must not take
+    // this for a network cut), then, if we had a session, the abort token
+    // that lets the source run again: this CVM is destroyed and never runs.
+    const bool peer_failed = !peer_failed_.ok() ||
+                             (inbox_->started() && !inbox_->PeerFailure().ok());
     if (ctl_ != nullptr && !peer_failed)
       (void)ctl_->WriteFrame(kFail, 0, EncodeFail(cause), 1s);
+    if (rings_.control != nullptr) rings_.control->stop.store(1);
+    threads_->Stop();
+    for (auto& c : data_)
+      if (c) c->Shutdown();
+    threads_->Join();
     if (have_session_) {
       std::vector<uint8_t> a(id_.begin(), id_.end());
       ByteWriter(&a).Int<uint32_t>(static_cast<uint32_t>(cause.code()));
@@ -977,9 +1266,13 @@ class Destination {
   StatsBox stats_;
   std::unique_ptr<net::Listener> listener_;
   std::unique_ptr<Connection> ctl_;
-  Inbox inbox_;  // reads ctl_ once the streams run
+  // Reads ctl_ once the streams run. Declared after ctl_: stops first.
+  std::unique_ptr<Inbox> inbox_ = std::make_unique<Inbox>();
   std::vector<std::unique_ptr<Connection>> data_;
   uint32_t n_ = 0;
+  std::vector<Tokens> spare_;  // ack + recv tokens, one set per reconnect
+  std::atomic<bool> link_lost_{false};
+  uint32_t reconnects_ = 0;
   CvmHandle cvm_ = 0;
   bool launched_ = false;
   std::vector<uint32_t> hvcpus_;
@@ -988,7 +1281,7 @@ class Destination {
   SessionId id_{};
   bool have_session_ = false;
   std::unique_ptr<std::atomic<uint64_t>[]> bytes_;
-  StreamThreads threads_;
+  std::unique_ptr<StreamThreads> threads_ = std::make_unique<StreamThreads>();
   Status peer_failed_;
 };
 

@@ -28,7 +28,7 @@ namespace ring {
 
 struct RingHead {
   std::atomic<uint32_t> state;  // kFree / kFull / kWriting
-  uint32_t flags;               // kEndOfStream, kEndOfRound, kTokens
+  uint32_t flags;               // kEndOfStream, kEndOfRound, kTokens, kResume
   uint64_t len;                 // payload bytes
   uint8_t pad[48];
 };
@@ -41,7 +41,9 @@ inline constexpr uint32_t kWriting = 2;  // host: being sent / written out
 inline constexpr uint32_t kEndOfStream = 1;  // last buffer of the stream
 inline constexpr uint32_t kEndOfRound = 2;   // last data buffer of a round
 inline constexpr uint32_t kTokens = 4;       // holds the round's tokens only
-inline constexpr uint32_t kKnownFlags = kEndOfStream | kEndOfRound | kTokens;
+inline constexpr uint32_t kResume = 8;  // the resume record after a reconnect
+inline constexpr uint32_t kKnownFlags =
+    kEndOfStream | kEndOfRound | kTokens | kResume;
 
 inline constexpr uint32_t kMaxBuffers = 16;
 

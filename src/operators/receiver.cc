@@ -81,7 +81,16 @@ void CommitFence() {
 
 bool IsToken(RecordType t) {
   return t == RecordType::kEpochToken || t == RecordType::kStartToken ||
-         t == RecordType::kAbortToken;
+         t == RecordType::kAbortToken || t == RecordType::kResumeAck ||
+         t == RecordType::kResume;
+}
+
+// Tokens that stand alone: each is a complete statement, so one may follow
+// earlier ones that never arrived (a resume ack sealed for a reconnect
+// attempt that failed). Their counters must still only grow: never replayed.
+bool IsStandalone(RecordType t) {
+  return t == RecordType::kAbortToken || t == RecordType::kResumeAck ||
+         t == RecordType::kResume;
 }
 
 }  // namespace
@@ -91,7 +100,7 @@ ReceiverStream::ReceiverStream(Receiver* rx, uint16_t stream,
     : rx_(rx), stream_(stream), aead_(std::move(aead)) {
   const size_t pages = rx->options().max_pages_per_record;
   aad_.resize(kRecordHeaderBytes +
-              std::max({pages * kPageEntryBytes, EpochMetaBytes(kMaxStreams),
+              std::max({pages * kPageEntryBytes, ResumeMetaBytes(kMaxStreams),
                         kVcpuMetaBytes}));
   heads_.resize(pages * 32);
   targets_.resize(pages);
@@ -188,12 +197,22 @@ Result<ImportedRecord> ReceiverStream::Import(GuestPlatform* platform,
   if (ended_)
     return Status(Code::kFailedPrecondition,
                   fmt::format("stream {} ended", stream_));
+  if (rx_->resume_pending_ && h.type != RecordType::kResume)
+    return Status(Code::kRecordOutOfOrder,
+                  "a record before the resume record that must follow this "
+                  "side's resume ack");
   const uint32_t epoch = rx_->epoch();
+  // A resume record opens a later epoch: it is what moves us there.
+  const bool opens_epoch = h.type == RecordType::kResume;
+  if (opens_epoch && h.epoch <= epoch)
+    return Status(Code::kRecordReplayed,
+                  fmt::format("resume record opening epoch {}, current is {}",
+                              h.epoch, epoch));
   if (h.epoch < epoch)
     return Status(
         Code::kStaleEpoch,
         fmt::format("record of epoch {}, current is {}", h.epoch, epoch));
-  if (h.epoch > epoch)
+  if (h.epoch > epoch && !opens_epoch)
     return Status(Code::kRecordOutOfOrder,
                   fmt::format("record of epoch {} before the token closing "
                               "epoch {}",
@@ -202,7 +221,7 @@ Result<ImportedRecord> ReceiverStream::Import(GuestPlatform* platform,
     return Status(Code::kRecordReplayed,
                   fmt::format("stream {}: counter {} already seen (next {})",
                               stream_, h.counter, expected_counter_));
-  if (h.counter > expected_counter_)
+  if (h.counter > expected_counter_ && !IsStandalone(h.type))
     return Status(Code::kRecordOutOfOrder,
                   fmt::format("stream {}: counter {}, expected {} (reordered "
                               "or dropped)",
@@ -270,7 +289,63 @@ Result<ImportedRecord> ReceiverStream::Import(GuestPlatform* platform,
     case RecordType::kEnd:
       ended_ = true;
       break;
+    case RecordType::kResumeAck: {
+      counts = false;
+      const uint32_t streams = static_cast<uint32_t>(GetLe(meta, 4));
+      if (h.meta_bytes != ResumeAckMetaBytes(streams))
+        return Malformed("resume ack: stream count and size disagree");
+      Receiver::ResumeAck ack;
+      ack.epoch = static_cast<uint32_t>(GetLe(meta + 4, 4));
+      for (uint32_t s = 0; s < streams; ++s)
+        ack.records.push_back(GetLe(meta + 8 + 8 * s, 8));
+      rx_->peer_resume_ = std::move(ack);
+      break;
+    }
+    case RecordType::kResume: {
+      counts = false;
+      const uint32_t streams = static_cast<uint32_t>(GetLe(meta, 4));
+      if (streams != rx_->stream_count() ||
+          h.meta_bytes != ResumeMetaBytes(streams))
+        return Malformed(
+            fmt::format("resume record for {} streams, session "
+                        "has {}",
+                        streams, rx_->stream_count()));
+      if (!rx_->resume_pending_)
+        return Status(Code::kRecordOutOfOrder,
+                      "a resume record this side did not acknowledge");
+      const uint32_t closed = static_cast<uint32_t>(GetLe(meta + 4, 4));
+      if (closed != epoch)
+        return Status(Code::kEpochMismatch,
+                      fmt::format("resume closes epoch {}, this side is in {}",
+                                  closed, epoch));
+      for (uint32_t s = 0; s < streams; ++s) {
+        const ReceiverStream& st = *rx_->streams_[s];
+        const uint64_t want = GetLe(meta + 8 + 8 * s, 8);
+        const uint64_t next = GetLe(meta + 8 + 8 * (size_t{streams} + s), 8);
+        if (want != st.records_in_epoch_.load())
+          return Status(
+              Code::kEpochMismatch,
+              fmt::format("resume: stream {} holds {} records of "
+                          "epoch {}, the ack said {}",
+                          s, st.records_in_epoch_.load(), epoch, want));
+        if (st.ended_ || next < st.expected_counter_ ||
+            (s == 0 && next != h.counter + 1))
+          return Malformed(
+              fmt::format("resume: stream {} next counter {} "
+                          "(expected at least {})",
+                          s, next, st.expected_counter_));
+      }
+      for (uint32_t s = 1; s < streams; ++s)
+        rx_->streams_[s]->expected_counter_ =
+            GetLe(meta + 8 + 8 * (size_t{streams} + s), 8);
+      expected_counter_ = h.counter;  // + 1 below
+      for (auto& st : rx_->streams_) st->records_in_epoch_.store(0);
+      rx_->epoch_.store(h.epoch, std::memory_order_release);
+      rx_->resume_pending_ = false;
+      break;
+    }
   }
+  if (IsStandalone(h.type)) expected_counter_ = h.counter;
   ++expected_counter_;
   if (counts) records_in_epoch_.fetch_add(1, std::memory_order_acq_rel);
   return out;
@@ -469,6 +544,48 @@ bool Receiver::aborted() const {
 bool Receiver::peer_aborted() const {
   std::shared_lock lock(mu_);
   return peer_aborted_;
+}
+
+bool Receiver::resume_pending() const {
+  std::shared_lock lock(mu_);
+  return resume_pending_;
+}
+
+Result<Receiver::ResumeAck> Receiver::TakePeerResumeAck() {
+  std::unique_lock lock(mu_);
+  if (!peer_resume_)
+    return Status(Code::kNotFound, "no resume ack from the peer");
+  ResumeAck ack = std::move(*peer_resume_);
+  peer_resume_.reset();
+  return ack;
+}
+
+Result<size_t> Receiver::SealResumeAck(StreamSender& backward,
+                                       std::span<uint8_t> out) {
+  std::unique_lock lock(mu_);
+  if (state_ != State::kImporting)
+    return Status(Code::kFailedPrecondition,
+                  state_ == State::kStarted
+                      ? "destination already started; nothing to resume"
+                      : "this destination aborted; it never resumes");
+  if (backward.stream() != 0)
+    return Status(Code::kInvalidArgument, "resume acks travel on stream 0");
+  for (const auto& st : streams_)
+    if (st->ended_)
+      return Status(Code::kFailedPrecondition,
+                    fmt::format("stream {} already ended", st->stream()));
+  const uint32_t n = stream_count();
+  std::vector<uint8_t> meta(ResumeAckMetaBytes(n), 0);
+  PutLe(meta.data(), n, 4);
+  PutLe(meta.data() + 4, epoch(), 4);
+  for (uint32_t i = 0; i < n; ++i)
+    PutLe(meta.data() + 8 + 8 * i, streams_[i]->records_in_epoch_.load(), 8);
+  CPC_ASSIGN_OR_RETURN(size_t bytes,
+                       backward.SealControl(RecordType::kResumeAck, meta,
+                                            /*counts=*/false, out));
+  // Only now: a failed seal leaves the receiver as it was.
+  resume_pending_ = true;
+  return bytes;
 }
 
 Result<size_t> Receiver::AbortAndSeal(StreamSender& backward, uint32_t reason,

@@ -28,6 +28,8 @@
 // kGpaMismatch (a page block names another GPA than the authenticated page
 // table at its position), kEpochMismatch (epoch token counts differ),
 // kIncomplete (start token too early), kAborted (this destination aborted),
+// kRecordOutOfOrder also for any record but the resume record after
+// SealResumeAck, and for a resume record that answers no ack,
 // kFailedPrecondition (already started, stream ended, no platform); platform
 // errors from PrivatePageForWrite / ImportVcpuState pass through.
 #ifndef CPC_SRC_OPERATORS_RECEIVER_H_
@@ -37,6 +39,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <span>
 #include <vector>
@@ -139,6 +142,24 @@ class Receiver {
   // Distinct guest pages imported at least once in this session (O(pages)).
   uint64_t CountImportedPages() const;
 
+  // Resumption after a network cut (docs/FORMAT.md section 6.2).
+  // Destination: seals, with `backward` (stream 0 of this side's direction
+  // key), where this receiver stands - its epoch and every stream's record
+  // count in it - and from then on refuses every record but the source's
+  // resume record answering it (kRecordOutOfOrder). May be called again
+  // (a reconnect attempt failed): the statement is the same. kFailed-
+  // Precondition once started or aborted, or if a stream ended.
+  Result<size_t> SealResumeAck(StreamSender& backward, std::span<uint8_t> out);
+  // A resume ack was sealed and its resume record not yet imported.
+  bool resume_pending() const;
+  // Source (backward receiver): the last resume ack imported from the peer,
+  // taken (kNotFound if none).
+  struct ResumeAck {
+    uint32_t epoch = 0;
+    std::vector<uint64_t> records;  // per stream, in `epoch`
+  };
+  Result<ResumeAck> TakePeerResumeAck();
+
   // Destination side of the abort protocol: marks this receiver aborted
   // (refusing every later record, the start token included) and then seals
   // the abort token with `backward` (a stream of the destination's own
@@ -155,10 +176,12 @@ class Receiver {
   ReceiverOptions options_;
   SessionId session_id_{};
   std::vector<std::unique_ptr<ReceiverStream>> streams_;
-  mutable std::shared_mutex mu_;        // shared: records; exclusive: tokens
-  State state_ = State::kImporting;     // guarded by mu_
-  bool peer_aborted_ = false;           // guarded by mu_
-  std::vector<uint8_t> vcpu_imported_;  // guarded by mu_ (exclusive)
+  mutable std::shared_mutex mu_;          // shared: records; exclusive: tokens
+  State state_ = State::kImporting;       // guarded by mu_
+  bool peer_aborted_ = false;             // guarded by mu_
+  bool resume_pending_ = false;           // guarded by mu_
+  std::optional<ResumeAck> peer_resume_;  // guarded by mu_
+  std::vector<uint8_t> vcpu_imported_;    // guarded by mu_ (exclusive)
   std::atomic<uint32_t> epoch_{0};
   // Per page: 1 + the epoch it was last imported in; 0 = never.
   std::unique_ptr<std::atomic<uint32_t>[]> page_mark_;

@@ -36,7 +36,7 @@ Result<RecordHeader> DecodePrefix(const uint8_t* p) {
                                  kRecordVersion));
   const uint8_t type = p[hdr::kType];
   if (type < static_cast<uint8_t>(RecordType::kMemory) ||
-      type > static_cast<uint8_t>(RecordType::kEnd))
+      type > static_cast<uint8_t>(RecordType::kResume))
     return Malformed(fmt::format("unknown record type {}", type));
   h.type = static_cast<RecordType>(type);
   h.flags = p[hdr::kFlags];
@@ -85,6 +85,16 @@ Result<RecordHeader> DecodePrefix(const uint8_t* p) {
       break;
     case RecordType::kEnd:
       ok = h.item_count == 0 && h.meta_bytes == kEndMetaBytes;
+      break;
+    case RecordType::kResumeAck:
+      ok = h.item_count == 0 && h.meta_bytes >= ResumeAckMetaBytes(1) &&
+           h.meta_bytes <= ResumeAckMetaBytes(kMaxStreams) &&
+           (h.meta_bytes - 8) % 8 == 0;
+      break;
+    case RecordType::kResume:
+      ok = h.item_count == 0 && h.meta_bytes >= ResumeMetaBytes(1) &&
+           h.meta_bytes <= ResumeMetaBytes(kMaxStreams) &&
+           (h.meta_bytes - 8) % 16 == 0;
       break;
   }
   if (!ok)

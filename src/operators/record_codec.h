@@ -40,6 +40,16 @@ inline constexpr size_t kEndMetaBytes = 0;
 inline size_t EpochMetaBytes(uint32_t streams) {
   return 8 + 8 * size_t{streams};
 }
+// Resume ack: streams u32, epoch u32, records u64 per stream (as an epoch
+// token's, with the epoch in the reserved word).
+inline size_t ResumeAckMetaBytes(uint32_t streams) {
+  return EpochMetaBytes(streams);
+}
+// Resume: streams u32, closed epoch u32, records u64 per stream, next
+// counter u64 per stream.
+inline size_t ResumeMetaBytes(uint32_t streams) {
+  return 8 + 16 * size_t{streams};
+}
 
 void EncodeHeader(const RecordHeader& h, uint8_t* out64);
 

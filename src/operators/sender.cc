@@ -50,7 +50,7 @@ StreamSender::StreamSender(SenderSession* session, uint16_t stream,
     : session_(session), stream_(stream), aead_(std::move(aead)) {
   const size_t max_meta = std::max<size_t>(
       {size_t{session->options().pages_per_record} * kPageEntryBytes,
-       EpochMetaBytes(kMaxStreams), kVcpuMetaBytes});
+       ResumeMetaBytes(kMaxStreams), kVcpuMetaBytes});
   aad_.resize(kRecordHeaderBytes + max_meta);
 }
 
@@ -268,6 +268,42 @@ Result<size_t> SenderSession::SealStart(std::span<uint8_t> out) {
   StreamSender& s0 = *streams_[0];
   BusyScope busy(s0.busy_);
   return s0.SealControl(RecordType::kStartToken, meta, /*counts=*/false, out);
+}
+
+Result<size_t> SenderSession::SealResume(
+    uint32_t acked_epoch, std::span<const uint64_t> acked_records,
+    std::span<uint8_t> out) {
+  CPC_RETURN_IF_ERROR(CheckIdle());
+  const uint32_t e = epoch();
+  if (acked_records.size() != stream_count())
+    return Status(Code::kInvalidArgument,
+                  fmt::format("resume ack for {} streams, session has {}",
+                              acked_records.size(), stream_count()));
+  if (acked_epoch > e)
+    return Status(Code::kInvalidArgument,
+                  fmt::format("resume ack of epoch {}, this side is at {}",
+                              acked_epoch, e));
+  if (e >= kMaxEpoch)
+    return Status(Code::kFailedPrecondition, "epoch space exhausted");
+  const uint32_t n = stream_count();
+  const size_t meta_bytes = ResumeMetaBytes(n);
+  if (kRecordPrefixBytes + Pad64(meta_bytes) > out.size())
+    return NoRoom(kRecordPrefixBytes + Pad64(meta_bytes), out.size());
+  StreamSender& s0 = *streams_[0];
+  BusyScope busy(s0.busy_);
+  std::vector<uint8_t> meta(meta_bytes, 0);
+  PutLe(meta.data(), n, 4);
+  PutLe(meta.data() + 4, acked_epoch, 4);
+  for (uint32_t i = 0; i < n; ++i) {
+    PutLe(meta.data() + 8 + 8 * i, acked_records[i], 8);
+    // Stream 0's next record follows this one.
+    const uint64_t next = streams_[i]->next_counter_ + (i == 0 ? 1 : 0);
+    PutLe(meta.data() + 8 + 8 * (size_t{n} + i), next, 8);
+  }
+  // The record opens the new epoch: it carries it in its header.
+  for (auto& st : streams_) st->records_in_epoch_.store(0);
+  epoch_.store(e + 1, std::memory_order_release);
+  return s0.SealControl(RecordType::kResume, meta, /*counts=*/false, out);
 }
 
 CPC_NAMESPACE_END

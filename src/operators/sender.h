@@ -141,6 +141,20 @@ class SenderSession {
   // sealed and the current epoch is empty (the last one was closed).
   Result<size_t> SealStart(std::span<uint8_t> out);
 
+  // After a network cut, answers the destination's verified resume ack
+  // (Receiver::TakePeerResumeAck): a resume record on stream 0 that closes
+  // the destination's epoch `acked_epoch` at the record counts it holds,
+  // opens epoch epoch() + 1 for both sides and moves the destination's
+  // expected counters to this side's next ones, so nothing sealed before
+  // is ever accepted again and no IV is reused. Records sealed but not
+  // acknowledged are lost: the caller re-sends their pages. kInvalidArgument
+  // for an ack of a later epoch or another stream count; kFailedPrecondition
+  // if a stream is sealing; kResourceExhausted (nothing changed) if `out`
+  // is too small.
+  Result<size_t> SealResume(uint32_t acked_epoch,
+                            std::span<const uint64_t> acked_records,
+                            std::span<uint8_t> out);
+
  private:
   friend class StreamSender;
   SenderSession() = default;

@@ -183,6 +183,14 @@ void MitmProxy::Impl::Forward(Conn& c, Direction d) {
           replays.push_back(
               {Frame{h, payload}, std::max(rule->replay_after, 1u)});
           break;
+        case Action::kShorten: {
+          const size_t keep =
+              rule->offset >= 0
+                  ? std::min(static_cast<size_t>(rule->offset), payload.size())
+                  : payload.size() / 2;
+          ok = Send(out, d, h, std::span<const uint8_t>(payload).first(keep));
+          break;
+        }
         case Action::kTruncate: {
           const size_t keep =
               rule->offset >= 0

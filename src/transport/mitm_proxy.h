@@ -69,6 +69,10 @@ class MitmProxy {
     kTruncate,
     // Close both sides of the connection instead of forwarding the frame.
     kCut,
+    // Forward a well-formed frame with only the first `offset` bytes of the
+    // payload (default: half), its header length to match; the connection
+    // stays open (what the frame carries is truncated, not the stream).
+    kShorten,
   };
 
   struct Rule {

@@ -230,6 +230,19 @@ TEST_CASE("mitm: truncate makes the receiver see data loss") {
   CHECK(rig.proxy->stats().closed_connections == 1);
 }
 
+TEST_CASE("mitm: shorten forwards a well-formed frame with half its payload") {
+  Rig rig = MakeRig({{.action = Action::kShorten, .ordinal = 2}});
+  Link l = rig.Open();
+  Received r = Through(l, {0, 1, 2, 3});
+  CHECK(r.ids == Ids{0, 1, 2, 3});  // the connection stays open
+  REQUIRE(r.frames.size() == 4);
+  const auto whole = Payload(2);
+  CHECK(r.frames[2].payload ==
+        std::vector<uint8_t>(whole.begin(), whole.begin() + 8));
+  CHECK(r.frames[3].payload == Payload(3));
+  CHECK(rig.proxy->stats().closed_connections == 0);
+}
+
 TEST_CASE("mitm: cut closes both ends before the frame") {
   Rig rig = MakeRig({{.action = Action::kCut, .ordinal = 2}});
   Link l = rig.Open();
