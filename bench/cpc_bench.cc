@@ -24,6 +24,16 @@
 // follows a run of its own kind. Nothing is dropped
 // from the page cache: both restore inputs were just written and are read
 // from the cache alike.
+//
+// migrate: MigrateOut/MigrateIn of an emulated CVM of --snapshot-mib MiB
+// over --streams loopback TCP connections (--workload idle|dirty:MIB_S:WSS),
+// timed without setup (destination launch, key exchange). The baseline is
+// the same migration, same options, between two CVMs launched from the
+// bench-only image cpc-cvm-nullaead (its AEAD engine is a plain copy with a
+// zero tag; $CPC_BENCH_NULL_AEAD_IMAGE overrides its path), so ratio = what
+// AES-GCM costs the pipeline. Downtime is reported for both; a plaintext
+// transfer over the bare TCP transport is an extra reference
+// (plaintext_tcp_s, ratio_plaintext_tcp).
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -715,9 +725,9 @@ void BenchRestore(const Options& o) {
 
 // ------------------------------------------------------------ migrate
 
-// The baseline: the same transport (N TCP connections on loopback, 1 MiB
-// frames written from / read into guest-sized buffers) moving plaintext, no
-// CVM and no AEAD.
+// The second reference of the migrate benchmark: the same transport (N TCP
+// connections on loopback, 1 MiB frames written from / read into guest-sized
+// buffers) moving plaintext, no CVM and no AEAD.
 double PlainTransfer(Buffer& from, Buffer& to, uint64_t bytes, uint32_t n) {
   auto listener = Check(cpc::net::Listener::Listen({"127.0.0.1", 0}), "listen");
   const auto ep = listener->local();
@@ -753,6 +763,31 @@ double PlainTransfer(Buffer& from, Buffer& to, uint64_t bytes, uint32_t n) {
   });
 }
 
+// The null-AEAD CVM image of the migrate baseline: $CPC_BENCH_NULL_AEAD_IMAGE,
+// else the one built with this bench.
+std::string NullAeadImage() {
+  if (const char* env = std::getenv("CPC_BENCH_NULL_AEAD_IMAGE"); env && *env)
+    return env;
+#ifdef CPC_BENCH_NULL_AEAD_IMAGE
+  return CPC_BENCH_NULL_AEAD_IMAGE;
+#else
+  return "cpc-cvm-nullaead";
+#endif
+}
+
+// Per-pass statistics of one migration variant (warm-up pass included; the
+// medians skip it).
+struct MigrateSamples {
+  std::vector<double> total, setup, down, expected, rounds, wire, throttle;
+  static double Med(const std::vector<double>& v) {
+    return Median(v.size() > 1 ? std::vector<double>(v.begin() + 1, v.end())
+                               : v);
+  }
+  static double Max(const std::vector<double>& v) {
+    return *std::max_element(v.begin() + (v.size() > 1 ? 1 : 0), v.end());
+  }
+};
+
 void BenchMigrate(const Options& o) {
   auto src = Check(cpc::BackendRegistry::Builtin().Create("", {}), "backend");
   auto dst =
@@ -760,8 +795,8 @@ void BenchMigrate(const Options& o) {
             "backend");
   cpc::ModulePolicy mig;
   mig.module = "migrate";
-  mig.procedures = {"hello", "accept", "send", "resume",
-                    "recv",  "commit", "abort"};
+  mig.procedures = {"hello",  "accept", "send", "resume", "recv",
+                    "commit", "abort",  "ack",  "rejoin"};
   cpc::TenantPolicy policy;
   policy.modules = {mig};
   cpc::LaunchConfig config;
@@ -781,23 +816,33 @@ void BenchMigrate(const Options& o) {
     label = fmt::format("dirty{}MiBps-wss{}MiB", config.options["dirty_mib_s"],
                         config.options["wss_mib"]);
   }
+  // The baseline: the same configuration, both CVMs launched from the
+  // null-AEAD image (its seal/open are plain copies), so real / baseline is
+  // what AES-GCM (and nothing else) costs the migration.
+  cpc::LaunchConfig null_config = config;
+  null_config.image = NullAeadImage();
+  if (::access(null_config.image.c_str(), X_OK) != 0)
+    Die(Errno("access", null_config.image), "the null-AEAD baseline image");
+  std::fprintf(stderr, "cpc-bench: migrate baseline image %s\n",
+               null_config.image.c_str());
   const uint64_t bytes = config.memory_bytes - cpc::emu::kCpcRegionBytes;
   Buffer from(bytes), to(bytes);
   from.Randomize(9);
-  std::vector<double> total, setup, down, expected, rounds, wire, throttle;
-  auto migrate_pass = [&] {
-    auto cvm = Check(src->LaunchCvm(config), "launch the source CVM");
+  MigrateSamples real, null;
+  auto pass = [&](const cpc::LaunchConfig& c, MigrateSamples& out) {
+    auto cvm = Check(src->LaunchCvm(c), "launch the source CVM");
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     std::promise<std::string> where;
     cpc::IncomingOptions in;
     in.listen = "127.0.0.1:0";
+    in.image = c.image;  // empty: the backend's default (the real image)
     in.on_listening = [&](const std::string& a) { where.set_value(a); };
     cpc::Result<cpc::IncomingResult> incoming =
         cpc::Status(cpc::Code::kInternal, "not run");
     std::thread t([&] { incoming = cpc::MigrateIn(*dst, in); });
     cpc::MigrateOptions mo;
     mo.destination = where.get_future().get();
-    mo.launch = config;
+    mo.launch = c;
     mo.hvcpus.clear();
     for (uint32_t i = 0; i < o.streams; ++i) mo.hvcpus.push_back(i);
     auto st = Check(cpc::MigrateOut(*src, cvm, mo), "migrate");
@@ -809,33 +854,53 @@ void BenchMigrate(const Options& o) {
     // started beforehand): the migration proper is elapsed - setup.
     const double s =
         std::chrono::duration<double>(st.elapsed - st.setup_time).count();
-    total.push_back(std::chrono::duration<double>(st.elapsed).count());
-    setup.push_back(std::chrono::duration<double>(st.setup_time).count());
-    down.push_back(std::chrono::duration<double>(st.downtime).count() * 1e3);
-    expected.push_back(
+    out.total.push_back(std::chrono::duration<double>(st.elapsed).count());
+    out.setup.push_back(std::chrono::duration<double>(st.setup_time).count());
+    out.down.push_back(std::chrono::duration<double>(st.downtime).count() *
+                       1e3);
+    out.expected.push_back(
         std::chrono::duration<double>(st.expected_downtime).count() * 1e3);
-    rounds.push_back(st.rounds);
-    wire.push_back(static_cast<double>(st.transferred_bytes));
-    throttle.push_back(st.throttle);
+    out.rounds.push_back(st.rounds);
+    out.wire.push_back(static_cast<double>(st.transferred_bytes));
+    out.throttle.push_back(st.throttle);
     return s;
   };
+  auto migrate_pass = [&] { return pass(config, real); };
+  auto null_pass = [&] { return pass(null_config, null); };
+  // Plaintext over the bare transport: cheap, kept as a second reference.
   auto plain_pass = [&] { return PlainTransfer(from, to, bytes, o.streams); };
-  auto t = Interleaved(o.reps, {plain_pass, migrate_pass});
-  Emit({fmt::format("migrate-{}/{}MiB/{}ch", label, o.snapshot_mib, o.streams),
-        t[1],
-        "s (lower is better)",
-        fmt::format("plaintext-tcp/{}MiB/{}ch", o.snapshot_mib, o.streams),
-        t[0],
-        {{"guest_gbps", bytes / t[1] / 1e9},
-         {"plaintext_gbps", bytes / t[0] / 1e9},
-         {"downtime_ms", Median(down)},
-         {"downtime_ms_max", *std::max_element(down.begin(), down.end())},
-         {"expected_downtime_ms", Median(expected)},
-         {"rounds", Median(rounds)},
-         {"wire_bytes", Median(wire)},
-         {"throttle", Median(throttle)},
-         {"setup_s", Median(setup)},
-         {"total_incl_setup_s", Median(total)}}});
+  auto t = Interleaved(o.reps, {plain_pass, null_pass, migrate_pass});
+  using M = MigrateSamples;
+  const double null_down = M::Med(null.down);
+  Emit(
+      {fmt::format("migrate-{}/{}MiB/{}ch", label, o.snapshot_mib, o.streams),
+       t[2],
+       "s (lower is better)",
+       fmt::format("migrate-null-aead-{}/{}MiB/{}ch", label, o.snapshot_mib,
+                   o.streams),
+       t[1],
+       {{"guest_gbps", bytes / t[2] / 1e9},
+        {"null_aead_gbps", bytes / t[1] / 1e9},
+        {"downtime_ms", M::Med(real.down)},
+        {"downtime_ms_max", M::Max(real.down)},
+        {"null_aead_downtime_ms", null_down},
+        {"null_aead_downtime_ms_max", M::Max(null.down)},
+        {"ratio_downtime", null_down > 0 ? M::Med(real.down) / null_down : 0.0},
+        {"expected_downtime_ms", M::Med(real.expected)},
+        {"null_aead_expected_downtime_ms", M::Med(null.expected)},
+        {"rounds", M::Med(real.rounds)},
+        {"null_aead_rounds", M::Med(null.rounds)},
+        {"wire_bytes", M::Med(real.wire)},
+        {"null_aead_wire_bytes", M::Med(null.wire)},
+        {"throttle", M::Med(real.throttle)},
+        {"null_aead_throttle", M::Med(null.throttle)},
+        {"setup_s", M::Med(real.setup)},
+        {"null_aead_setup_s", M::Med(null.setup)},
+        {"total_incl_setup_s", M::Med(real.total)},
+        {"null_aead_total_incl_setup_s", M::Med(null.total)},
+        {"plaintext_tcp_s", t[0]},
+        {"plaintext_tcp_gbps", bytes / t[0] / 1e9},
+        {"ratio_plaintext_tcp", t[2] / t[0]}}});
 }
 
 struct Benchmark {
@@ -856,8 +921,8 @@ constexpr Benchmark kBenchmarks[] = {
      "RestoreSnapshot (excl. launch) vs plaintext read(), hot and cold cache",
      BenchRestore, false},
     {"migrate",
-     "live migration (MigrateOut/MigrateIn over loopback TCP) vs plaintext "
-     "over the same TCP transport",
+     "live migration (MigrateOut/MigrateIn over loopback TCP) vs the same "
+     "migration between null-AEAD CVM images (and plaintext TCP)",
      BenchMigrate, false},
 };
 

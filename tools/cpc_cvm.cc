@@ -7,6 +7,9 @@
 #include "backends/builtin.h"
 #include "emulator/cvm.h"
 #include "modules/builtin.h"
+#if defined(CPC_NULL_AEAD_IMAGE)
+#include "operators/null_aead.h"
+#endif
 
 int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--cpc-cvm") != 0) {
@@ -15,6 +18,11 @@ int main(int argc, char** argv) {
                  "(e.g. `cpc`), not by hand\n");
     return 2;
   }
+#if defined(CPC_NULL_AEAD_IMAGE)
+  // `cpc-cvm-nullaead`, the bench-only baseline image: every seal and open
+  // in this CVM is a plain copy (see operators/aead.h). Before any thread.
+  cpc::RegisterBenchAeadEngine(&cpc::NullAeadEngine());
+#endif
   return cpc::emu::RunCvm(cpc::MakeEmulatedPlatform,
                           cpc::InstallBuiltinModules);
 }

@@ -242,10 +242,19 @@ const IpsecMbEngine& IpsecMb() {
 }
 #endif
 
+// The bench image's engine (RegisterBenchAeadEngine); null everywhere else.
+std::atomic<const AeadEngine*> bench_engine{nullptr};
+
 }  // namespace
+
+void RegisterBenchAeadEngine(const AeadEngine* engine) {
+  bench_engine.store(engine, std::memory_order_release);
+}
 
 std::vector<const AeadEngine*> AvailableAeadEngines() {
   std::vector<const AeadEngine*> out;
+  if (const AeadEngine* b = bench_engine.load(std::memory_order_acquire))
+    out.push_back(b);
 #if defined(CPC_HAVE_IPSEC_MB)
   if (IpsecMb().available()) out.push_back(&IpsecMb());
 #endif
@@ -256,7 +265,11 @@ std::vector<const AeadEngine*> AvailableAeadEngines() {
 Result<const AeadEngine*> FindAeadEngine(std::string_view name) {
   if (name.empty()) {
     const char* env = std::getenv("CPC_AEAD");
-    if (env != nullptr && *env != '\0') {
+    if (const AeadEngine* b = bench_engine.load(std::memory_order_acquire)) {
+      // The bench image: its engine wins over $CPC_AEAD, which the VMM's
+      // environment passes down to every CVM it launches.
+      name = b->name();
+    } else if (env != nullptr && *env != '\0') {
       name = env;
     } else {
       auto all = AvailableAeadEngines();

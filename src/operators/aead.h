@@ -3,7 +3,8 @@
 // Two engines exist: Intel ipsec-mb 1.3 (direct API; init_mb_mgr_auto picks
 // SSE/AVX2/AVX-512+VAES at run time) and OpenSSL 3 EVP. Both produce identical
 // ciphertext and tags for the same key, IV and AAD, so a record sealed by one
-// opens with the other.
+// opens with the other. (The bench-only CVM image adds a third, "null"; see
+// RegisterBenchAeadEngine.)
 //
 // Two object kinds:
 //  * AeadEngine  - a stateless, immortal description of one implementation
@@ -65,7 +66,7 @@ class KeyedAead {
 class AeadEngine {
  public:
   virtual ~AeadEngine() = default;
-  // Registry name: "ipsec-mb" or "openssl".
+  // Registry name: "ipsec-mb" or "openssl" ("null" in the bench image).
   virtual std::string_view name() const = 0;
   // The implementation that runs on this CPU, e.g.
   // "ipsec-mb 1.3.0 arch=AVX512 vaes=1 vpclmulqdq=1" - log it at start-up: a
@@ -81,10 +82,25 @@ class AeadEngine {
 // with CPC_HAVE_IPSEC_MB and the CPU has AES-NI).
 std::vector<const AeadEngine*> AvailableAeadEngines();
 
-// By name. Empty name = the default: $CPC_AEAD if set, else the first of
-// AvailableAeadEngines(). kNotFound for an unknown name, kUnimplemented for a
-// known engine that is not built in or cannot run on this CPU.
+// By name. Empty name = the default: a registered bench engine (below) if
+// any, else $CPC_AEAD if set, else the first of AvailableAeadEngines().
+// kNotFound for an unknown name, kUnimplemented for a known engine that is
+// not built in or cannot run on this CPU.
 Result<const AeadEngine*> FindAeadEngine(std::string_view name = {});
+
+// BENCH-ONLY HOOK. It exists only for the bench CVM image
+// `cpc-cvm-nullaead` (src/CMakeLists.txt), whose main() registers the "null"
+// engine (operators/null_aead.h: a plain copy, no confidentiality, no
+// integrity) so that `cpc-bench migrate` can time the same pipeline without
+// AES-GCM. Nothing in libcpc, cpc_internal or the real `cpc-cvm` image calls
+// it, so none of them has a "null" engine (kNotFound). Once registered,
+// `engine` is listed first by AvailableAeadEngines(), is found by name and
+// is FindAeadEngine()'s default even when $CPC_AEAD names another (a
+// baseline must not silently measure AES). The image's own hash is part of
+// its launch measurement, so a real CVM refuses a null-image peer
+// (kMeasurementMismatch). Call it once from main() before any other thread
+// starts; `engine` must be immortal; nullptr unregisters.
+void RegisterBenchAeadEngine(const AeadEngine* engine);
 
 // 96-bit IV of the record format (docs/FORMAT.md section 4):
 // counter (u64 LE) || stream (u16 LE) || slot (u16 LE).
