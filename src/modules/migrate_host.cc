@@ -213,16 +213,17 @@ Result<Rings> LayOutRings(Backend& b, CvmHandle cvm, uint32_t streams,
   return r;
 }
 
-// Waits for a ring head to reach `state` (the CVM changes it without
-// telling the host): short sleeps, a fine timer slack.
+// Waits for a ring head to reach `state`: a few spins, then the doorbell
+// the CVM rings when it changes a head (ring::Notify).
 bool WaitHead(RingHead* h, uint32_t state, const std::atomic<bool>& stop) {
   for (int spin = 0;; ++spin) {
-    if (h->state.load(std::memory_order_acquire) == state) return true;
+    const uint32_t s = h->state.load(std::memory_order_acquire);
+    if (s == state) return true;
     if (stop.load(std::memory_order_relaxed)) return false;
-    if (spin < 64) {
+    if (spin < 16) {
       std::this_thread::yield();
     } else {
-      std::this_thread::sleep_for(20us);
+      ring::WaitChange(h, s, 1ms);
     }
   }
 }
@@ -690,6 +691,7 @@ class Source {
       }
       bytes_[i] += net::kFrameHeaderBytes + len;
       h->state.store(ring::kFree, std::memory_order_release);
+      ring::Notify(h);
       if (flags & ring::kEndOfStream) return Status::Ok();
     }
   }
@@ -1217,6 +1219,7 @@ class Destination {
       head->len = h->length;
       head->flags = h->flags;
       head->state.store(ring::kFull, std::memory_order_release);
+      ring::Notify(head);
       if (h->flags & ring::kEndOfStream) return Status::Ok();
     }
   }

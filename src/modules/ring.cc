@@ -1,6 +1,11 @@
 #include "modules/ring.h"
 
 #include <chrono>
+#include <climits>
+#include <ctime>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cpc/types.h>
 
@@ -16,6 +21,20 @@ inline void CpuRelax() {
 #endif
 }
 }  // namespace
+
+void Notify(RingHead* h) {
+  // Not FUTEX_PRIVATE: the waiter is another process.
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&h->state), FUTEX_WAKE,
+            INT_MAX, nullptr, nullptr, 0);
+}
+
+void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  const timespec ts{static_cast<time_t>(timeout.count() / 1000000),
+                    static_cast<long>(timeout.count() % 1000000) * 1000};
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&h->state), FUTEX_WAIT, seen,
+            &ts, nullptr, 0);
+}
 
 Result<std::vector<uint8_t*>> MapRing(std::span<uint8_t> shared,
                                       uint64_t offset, uint64_t buf_bytes,
@@ -50,11 +69,31 @@ Status WaitFor(CallContext& ctx, const std::function<bool()>& ready,
   return Status::Ok();
 }
 
-Status RingCursor::WaitFree(CallContext& ctx, const StopFn& stop) {
+Status RingCursor::WaitState(CallContext& ctx, uint32_t want,
+                             const StopFn& stop) {
   RingHead* h = head();
-  return WaitFor(
-      ctx, [h] { return h->state.load(std::memory_order_acquire) == kFree; },
-      stop);
+  for (int i = 0; i < 256; ++i) {
+    if (h->state.load(std::memory_order_acquire) == want) return Status::Ok();
+    CpuRelax();
+  }
+  // The host's call loop expects an exit now and then (abort policy).
+  constexpr auto kYieldEvery = std::chrono::milliseconds(5);
+  auto yield_at = Clock::now() + kYieldEvery;
+  for (;;) {
+    const uint32_t s = h->state.load(std::memory_order_acquire);
+    if (s == want) return Status::Ok();
+    if (stop()) return Status(Code::kCancelled, "the transfer was stopped");
+    if (Clock::now() >= yield_at) {
+      CPC_RETURN_IF_ERROR(ctx.Yield());
+      yield_at = Clock::now() + kYieldEvery;
+      continue;
+    }
+    WaitChange(h, s, std::chrono::microseconds(500));
+  }
+}
+
+Status RingCursor::WaitFree(CallContext& ctx, const StopFn& stop) {
+  return WaitState(ctx, kFree, stop);
 }
 
 void RingCursor::Publish(uint32_t flags) {
@@ -62,14 +101,12 @@ void RingCursor::Publish(uint32_t flags) {
   h->len = used_;
   h->flags = flags;
   h->state.store(kFull, std::memory_order_release);
+  Notify(h);
   Advance();
 }
 
 Status RingCursor::WaitFull(CallContext& ctx, const StopFn& stop) {
-  RingHead* h = head();
-  return WaitFor(
-      ctx, [h] { return h->state.load(std::memory_order_acquire) == kFull; },
-      stop);
+  return WaitState(ctx, kFull, stop);
 }
 
 Result<std::span<const uint8_t>> RingCursor::Take(uint32_t* flags) const {
@@ -85,6 +122,7 @@ Result<std::span<const uint8_t>> RingCursor::Take(uint32_t* flags) const {
 
 void RingCursor::Release() {
   head()->state.store(kFree, std::memory_order_release);
+  Notify(head());
   Advance();
 }
 

@@ -15,6 +15,7 @@
 #define CPC_SRC_MODULES_RING_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -52,9 +53,20 @@ Result<std::vector<uint8_t*>> MapRing(std::span<uint8_t> shared,
                                       uint64_t offset, uint64_t buf_bytes,
                                       uint32_t count, uint64_t min_buf_bytes);
 
+// Doorbells. The shared region is one set of pages mapped into the host and
+// the CVM process, so a head's state word doubles as a futex: whoever
+// changes a state calls Notify, and a waiter sleeps in WaitChange instead
+// of spinning (on 2 cores, spinning waiters took a fifth of the CPU a
+// migration needs). Emulation of an event channel / interrupt; a host that
+// never notifies only slows the CVM down (waits time out).
+void Notify(RingHead* h);
+// Sleeps until h->state may differ from `seen`, at most `timeout`.
+void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout);
+
 // Waits for `ready` to become true: spins briefly (the host usually answers
 // within microseconds, a round trip through it costs far more), then
-// yields the hvCPU to the host and checks again.
+// yields the hvCPU to the host and checks again. For the control block's
+// rare events; ring buffers use RingCursor's doorbell waits.
 Status WaitFor(CallContext& ctx, const std::function<bool()>& ready);
 // WaitFor(ready || stop); kCancelled if it was `stop`.
 Status WaitFor(CallContext& ctx, const std::function<bool()>& ready,
@@ -79,17 +91,21 @@ class RingCursor {
   }
   uint64_t used() const { return used_; }
   void Commit(size_t bytes) { used_ += bytes; }
-  // Publishes the current buffer (kFull, with `flags`) and moves on.
+  // Publishes the current buffer (kFull, with `flags`), rings the host's
+  // doorbell and moves on.
   void Publish(uint32_t flags);
 
   // Consumer: waits for the current buffer to be full and returns its
   // payload, checked against the buffer size (kRecordMalformed), and flags.
   Status WaitFull(CallContext& ctx, const StopFn& stop);
   Result<std::span<const uint8_t>> Take(uint32_t* flags) const;
-  // Gives the current buffer back to the host and moves on.
+  // Gives the current buffer back to the host (doorbell) and moves on.
   void Release();
 
  private:
+  // Waits until the current head is `want`: spins a few microseconds, then
+  // sleeps on the doorbell, yielding the hvCPU to the host now and then.
+  Status WaitState(CallContext& ctx, uint32_t want, const StopFn& stop);
   void Advance() {
     cur_ = (cur_ + 1) % bufs_.size();
     used_ = 0;
