@@ -102,7 +102,8 @@ struct MigrateOptions {
   // A connection lost during precopy: reconnect within this long (0 = fail
   // at once) and continue in a new epoch, re-sending only what the
   // destination lacks; at most max_reconnects times. A cut after the pause
-  // ends the migration.
+  // ends the migration, but the source reconnects (as long) to learn the
+  // verdict: committed, or the abort token that lets it resume.
   Duration reconnect_timeout = std::chrono::seconds(10);
   uint32_t max_reconnects = 3;
 };

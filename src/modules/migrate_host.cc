@@ -12,7 +12,10 @@
 // After a network cut during precopy, on a new control connection:
 //   kResumeHello src: u32 magic, u32 version, session id
 //   kResumeAck   dst: the destination CVM's resume ack (sealed record)
-// then new data connections, and the streams run on.
+// then new data connections, and the streams run on. After the pause the
+// source instead asks for the verdict it missed:
+//   kVerdictHello src: as kResumeHello
+//   dst: kCommitted if it had everything (it runs), else kFail + kAbortToken
 // Data connections (one per stream): kDataHello {session id, u32 stream},
 // then kChunk frames: flags = ring flags, payload = one ring buffer.
 //
@@ -80,6 +83,7 @@ enum FrameType : uint16_t {
   kResumeHello = 8,
   kResumeAck = 9,
   kEpoch = 10,
+  kVerdictHello = 11,
   kDataHello = 16,
   kChunk = 17,
 };
@@ -882,14 +886,16 @@ class Source {
         } else if (f->header.type == kCommitted) {
           // It committed before it saw our failure: it runs, we stay
           // stopped. The migration succeeded.
-          stats_.Update([&](MigrationStats& st) {
-            st.state = MigrationStats::State::kCompleted;
-            st.downtime = Clock::now() - paused_at_;
-          });
-          return stats_.Get();
+          return Committed();
         }
       }
     }
+    // The link went down after the pause: the start token may be out and
+    // the verdict lost with the connection. Ask again on a new one.
+    if (abort_token_.empty() && paused_ && have_session_ &&
+        (link_lost_.load() || inbox_->Closed()) &&
+        o_.reconnect_timeout > Duration::zero() && AskVerdict(&cause))
+      return Committed();
     stats_.Update(
         [](MigrationStats& st) { st.state = MigrationStats::State::kFailed; });
     if (have_session_) {
@@ -913,6 +919,42 @@ class Source {
                                   cause.ToString(), s.ToString()));
     }
     return cause;
+  }
+
+  Result<MigrationStats> Committed() {
+    stats_.Update([&](MigrationStats& st) {
+      st.state = MigrationStats::State::kCompleted;
+      st.downtime = Clock::now() - paused_at_;
+    });
+    if (throttled_) (void)b_.ThrottleGuest(cvm_, 0);
+    return stats_.Get();
+  }
+
+  // Reconnects to learn the destination's verdict: true if it committed;
+  // otherwise its abort token (and reason) are kept, if they came.
+  bool AskVerdict(Status* cause) {
+    inbox_->Stop();
+    const auto until = Clock::now() + o_.reconnect_timeout;
+    while (Clock::now() < until) {
+      auto c = Connection::Connect(ep_, 2s);
+      if (!c.ok() ||
+          !(*c)->WriteFrame(kVerdictHello, 0, ResumeHello(id_), 2s).ok()) {
+        std::this_thread::sleep_for(100ms);
+        continue;
+      }
+      for (;;) {
+        auto f = (*c)->ReadFrame(std::min<Duration>(until - Clock::now(), 10s),
+                                 1u << 20);
+        if (!f.ok()) break;
+        if (f->header.type == kCommitted) return true;
+        if (f->header.type == kFail) *cause = DecodeFail(f->payload);
+        if (f->header.type == kAbortToken) {
+          abort_token_ = std::move(f->payload);
+          return false;
+        }
+      }
+    }
+    return false;
   }
 
   Backend& b_;
@@ -1042,7 +1084,10 @@ class Destination {
       Status st = WaitStreams();
       if (st.ok()) break;
       if (!Resumable()) return st;
-      CPC_RETURN_IF_ERROR(AwaitRejoin());
+      CPC_ASSIGN_OR_RETURN(const bool verdict, AwaitRejoin());
+      // The source paused before the cut and asks how it ended: commit
+      // if the start token is in, else abort (Fail sends the token).
+      if (verdict) break;
     }
 
     std::vector<uint8_t> cargs(id_.begin(), id_.end());
@@ -1143,8 +1188,9 @@ class Destination {
   }
 
   // After a cut: stops the streams, and waits for the source to come back
-  // with the session id; answers with this CVM's resume ack.
-  Status AwaitRejoin() {
+  // with the session id; answers with this CVM's resume ack. True if the
+  // source asked for the verdict instead (it had paused: no resuming).
+  Result<bool> AwaitRejoin() {
     CPC_LOG_WARN("migration: connection lost; waiting {:.1f} s for the source",
                  std::chrono::duration<double>(o_.reconnect_timeout).count());
     rings_.control->stop.store(1);
@@ -1169,9 +1215,14 @@ class Destination {
         continue;
       }
       auto f = (*c)->ReadFrame(std::min<Duration>(left, 5s), 64);
-      if (!f.ok() || f->header.type != kResumeHello ||
+      if (!f.ok() ||
+          (f->header.type != kResumeHello && f->header.type != kVerdictHello) ||
           f->payload != ResumeHello(id_))
         continue;  // not our source, or not a resume
+      if (f->header.type == kVerdictHello) {
+        ctl_ = std::move(c).value();
+        return true;
+      }
       Tokens& t = spare_[reconnects_++];
       std::vector<uint8_t> args(id_.begin(), id_.end());
       CPC_ASSIGN_OR_RETURN(
@@ -1190,7 +1241,7 @@ class Destination {
       inbox_->Start(ctl_.get());
       StartStreams(t.streams);
       CPC_LOG_INFO("migration: the source reconnected");
-      return Status::Ok();
+      return false;
     }
   }
 

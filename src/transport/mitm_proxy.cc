@@ -99,6 +99,7 @@ std::optional<MitmProxy::Rule> MitmProxy::Impl::Match(
     if (r.connection >= 0 && r.connection != conn) continue;
     if (r.direction != d) continue;
     if (r.type != 0 && r.type != h.type) continue;
+    if ((h.flags & r.flags) != r.flags) continue;
     if (payload_size < r.min_payload) continue;
     if (r.action == Action::kTamper &&
         payload_size <= static_cast<size_t>(std::max<int64_t>(r.offset, 0)))

@@ -13,8 +13,8 @@
 // forwarded as a half-close; an error or a mid-frame EOF on either side closes
 // both sides of that connection.
 //
-// Fault rules pick frames by connection index, direction, frame type and the
-// ordinal of the frame among the frames that match the rule on that
+// Fault rules pick frames by connection index, direction, frame type, flags and
+// the ordinal of the frame among the frames that match the rule on that
 // connection and direction; each rule fires at most `times` times in total
 // (default once), on the matching frames whose ordinal is >= `ordinal`.
 // A frame gets at most one action: when several rules want to fire on the same
@@ -80,6 +80,7 @@ class MitmProxy {
     int connection = -1;  // accept-order index (0-based); -1 = any
     Direction direction = Direction::kClientToServer;
     uint16_t type = 0;         // frame type to match; 0 = any type
+    uint16_t flags = 0;        // frames whose flags contain all these bits
     uint32_t min_payload = 0;  // frames with shorter payloads do not match
     uint32_t ordinal = 0;      // 0-based: 0 = the first matching frame
     uint32_t times = 1;        // how many times the rule fires in total

@@ -113,7 +113,8 @@ Outcome Migrate(Backend& src, Backend& dst, CvmHandle cvm, MigrateOptions o,
                 std::unique_ptr<MitmProxy>* proxy = nullptr,
                 std::vector<MitmProxy::Rule> rules = {},
                 IncomingOptions in = {},
-                const std::function<void(MitmProxy&)>& with_proxy = nullptr) {
+                const std::function<void(MitmProxy&)>& with_proxy = nullptr,
+                const MigrationProgressFn& progress = {}) {
   Outcome res;
   std::promise<std::string> where;
   in.listen = "127.0.0.1:0";
@@ -135,7 +136,7 @@ Outcome Migrate(Backend& src, Backend& dst, CvmHandle cvm, MigrateOptions o,
     if (with_proxy) with_proxy(**proxy);
   }
   o.destination = addr;
-  res.out = MigrateOut(src, cvm, o);
+  res.out = MigrateOut(src, cvm, o, progress);
   t.join();
   return res;
 }
@@ -418,4 +419,42 @@ TEST_CASE(
     REQUIRE_OK(dst->DestroyCvm(r.in->cvm));
     REQUIRE_OK(src->DestroyCvm(*cvm));
   }
+}
+
+TEST_CASE(
+    "migrate: a cut after the pause still ends with exactly one side "
+    "running") {
+  auto src = MakeBackend("1");
+  auto dst = MakeBackend("2");
+  auto c = Config(2);
+  auto cvm = src->LaunchCvm(c);
+  REQUIRE_OK(cvm);
+  const uint64_t children = cpc_test::LiveChildren();
+  // Stream 0's last frame carries the start token: cut the connection
+  // instead. The source has sealed it, so only the destination's abort
+  // token can give it its guest back; the verdict must survive the cut (the
+  // source reconnects to ask for it) or the source stays paused.
+  MitmProxy::Rule rule;
+  rule.action = MitmProxy::Action::kCut;
+  rule.connection = 1;
+  rule.type = kChunkFrame;
+  rule.flags = 4 | 1;  // ring::kTokens | ring::kEndOfStream
+  auto o = Options(c, 2);
+  o.reconnect_timeout = 10s;
+  IncomingOptions in;
+  in.reconnect_timeout = 10s;
+  std::unique_ptr<MitmProxy> proxy;
+  auto r = Migrate(*src, *dst, *cvm, o, &proxy, {rule}, in);
+  REQUIRE(proxy->stats().rules_fired == 1);
+  INFO("source: " << r.out.status().ToString());
+  INFO("destination: " << r.in.status().ToString());
+  // The destination never saw the start token: it aborted, and the source
+  // got the abort token on a new connection.
+  REQUIRE_FALSE(r.in.ok());
+  REQUIRE_FALSE(r.out.ok());
+  REQUIRE(r.out.status().code() != Code::kUnavailable);
+  proxy.reset();
+  REQUIRE(cpc_test::LiveChildren() == children);
+  REQUIRE(Runs(*src, *cvm));
+  REQUIRE_OK(src->DestroyCvm(*cvm));
 }
