@@ -330,6 +330,7 @@ TEST_CASE(
   // at these loopback rates); sanitizer builds must converge too.
   o.downtime_limit = 20ms;
   o.max_rounds = 64;
+  o.deadline = 100s;  // a clear failure before ctest's 120 s kill
   auto r = Migrate(*src, *dst, *cvm, o);
   REQUIRE_OK(r.out);
   REQUIRE_OK(r.in);
