@@ -4,7 +4,7 @@
 // the in-CVM "snapshot" module: MEE over the guest's memory and SEE over
 // every gvCPU, one record stream per hvCPU, into host-shared rings. The host
 // appends the ciphertext to the file straight from the shared rings (no copy
-// of its own) while the hvCPUs fill the other half of their ring. The key is
+// of its own) while the hvCPUs fill the ring's other buffers. The key is
 // derived inside the CVM from the platform's sealing key (image measurement +
 // policy on this platform) and a random per-snapshot session id: the same
 // image and policy can restore it, the host never can. A sealed manifest

@@ -5,6 +5,7 @@
 #include <ctime>
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#include <thread>
 #include <unistd.h>
 
 #include <cpc/types.h>
@@ -34,6 +35,20 @@ void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout) {
                     static_cast<long>(timeout.count() % 1000000) * 1000};
   ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&h->state), FUTEX_WAIT, seen,
             &ts, nullptr, 0);
+}
+
+bool AwaitState(RingHead* h, uint32_t want, const std::function<bool()>& stop,
+                std::chrono::microseconds poll) {
+  for (int spin = 0;; ++spin) {
+    const uint32_t s = h->state.load(std::memory_order_acquire);
+    if (s == want) return true;
+    if (stop()) return false;
+    if (spin < 16) {
+      std::this_thread::yield();
+    } else {
+      WaitChange(h, s, poll);
+    }
+  }
 }
 
 Result<std::vector<uint8_t*>> MapRing(std::span<uint8_t> shared,

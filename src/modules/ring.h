@@ -63,6 +63,13 @@ void Notify(RingHead* h);
 // Sleeps until h->state may differ from `seen`, at most `timeout`.
 void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout);
 
+// The host's side of a doorbell wait: returns true once h->state == want,
+// false as soon as stop() (checked at least every `poll`: a stop is not
+// rung on this head's doorbell). A few yields first: the CVM usually
+// answers within microseconds.
+bool AwaitState(RingHead* h, uint32_t want, const std::function<bool()>& stop,
+                std::chrono::microseconds poll = std::chrono::milliseconds(1));
+
 // Waits for `ready` to become true: spins briefly (the host usually answers
 // within microseconds, a round trip through it costs far more), then
 // yields the hvCPU to the host and checks again. For the control block's

@@ -153,19 +153,21 @@ Result<SessionId> ReadId(ByteReader& r) {
   return id;
 }
 
-// Checks a host-supplied ring (two buffers) against the shared memory.
-Result<std::array<uint8_t*, 2>> MapRing(CallContext& ctx, ByteReader& r,
-                                        uint64_t* payload) {
+// Checks a host-supplied ring {offset, buffer bytes, buffer count} against
+// the shared memory.
+Result<ring::RingCursor> MapRing(CallContext& ctx, ByteReader& r) {
   const uint64_t off = r.Int<uint64_t>(), buf = r.Int<uint64_t>();
+  const uint32_t count = r.Int<uint32_t>();
   if (!r.ok())
     return Status(Code::kInvalidArgument, "missing snapshot ring arguments");
   CPC_ASSIGN_OR_RETURN(auto bufs, ring::MapRing(ctx.shared_memory(), off, buf,
-                                                2, MinRingBuffer()));
-  *payload = buf - sizeof(RingHead);
-  return std::array<uint8_t*, 2>{bufs[0], bufs[1]};
+                                                count, MinRingBuffer()));
+  return ring::RingCursor(std::move(bufs), buf - sizeof(RingHead));
 }
 
-RingHead* Head(uint8_t* b) { return reinterpret_cast<RingHead*>(b); }
+// Snapshot calls stop only through the host's abort policy (at the yields
+// the ring waits make): there is no control block to watch.
+bool NeverStop() { return false; }
 
 class SnapshotModule final : public Module {
  public:
@@ -235,8 +237,7 @@ class SnapshotModule final : public Module {
     ByteReader r(ctx.args());
     CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
     const uint32_t stream = r.Int<uint32_t>();
-    uint64_t payload = 0;
-    CPC_ASSIGN_OR_RETURN(auto bufs, MapRing(ctx, r, &payload));
+    CPC_ASSIGN_OR_RETURN(ring::RingCursor cur, MapRing(ctx, r));
     CPC_ASSIGN_OR_RETURN(auto s, FindExport(id));
     if (!r.done() || stream >= s->manifest.streams)
       return Status(Code::kInvalidArgument, "bad snapshot.extract arguments");
@@ -252,43 +253,35 @@ class SnapshotModule final : public Module {
     if (stream == 0)
       for (uint32_t v = 0; v < p.vcpu_count(); ++v) vcpus.push_back(v);
 
-    int cur = 0;
     size_t done_pages = 0, done_vcpus = 0;
     for (;;) {
-      RingHead* h = Head(bufs[cur]);
-      if (h->state.load(std::memory_order_acquire) != kFree)
-        return Status(Code::kFailedPrecondition,
-                      "host resumed before draining the ring");
-      std::span<uint8_t> out(bufs[cur] + sizeof(RingHead), payload);
-      size_t used = 0;
+      // The host's writer frees buffers as it writes them out (doorbell).
+      CPC_RETURN_IF_ERROR(cur.WaitFree(ctx, NeverStop));
       if (done_vcpus < vcpus.size()) {
         ExportProgress ep;
-        CPC_RETURN_IF_ERROR(ExportVcpuStates(
-            tx, p, std::span(vcpus).subspan(done_vcpus), out, &ctx, &ep));
+        CPC_RETURN_IF_ERROR(
+            ExportVcpuStates(tx, p, std::span(vcpus).subspan(done_vcpus),
+                             cur.space(), &ctx, &ep));
         done_vcpus += ep.pages;
-        used += ep.bytes;
+        cur.Commit(ep.bytes);
       }
       if (done_vcpus == vcpus.size() && done_pages < pages.size()) {
         ExportProgress ep;
         CPC_RETURN_IF_ERROR(ExportMemory(tx, p,
                                          std::span(pages).subspan(done_pages),
-                                         out.subspan(used), &ctx, &ep));
+                                         cur.space(), &ctx, &ep));
         done_pages += ep.pages;
-        used += ep.bytes;
+        cur.Commit(ep.bytes);
       }
       const bool all = done_vcpus == vcpus.size() && done_pages == pages.size();
       // Stream 0 ends with the epoch and start tokens (finish), the others
       // with an End record.
       if (all && stream != 0) {
-        CPC_ASSIGN_OR_RETURN(size_t n, tx.SealEnd(out.subspan(used)));
-        used += n;
+        CPC_ASSIGN_OR_RETURN(size_t n, tx.SealEnd(cur.space()));
+        cur.Commit(n);
       }
-      h->len = used;
-      h->flags = all ? kEndOfStream : 0;
-      h->state.store(kFull, std::memory_order_release);
+      cur.Publish(all ? kEndOfStream : 0);
       if (all) return Status::Ok();
-      cur ^= 1;
-      CPC_RETURN_IF_ERROR(ctx.Yield());  // the host drains the full buffer
     }
   }
 
@@ -354,6 +347,10 @@ class SnapshotModule final : public Module {
     ro.streams = m.streams;
     ro.memory_bytes = p.memory_bytes();
     ro.vcpu_count = m.vcpus;
+    // Single pass (receiver.h): a refused record may be half-applied, but
+    // it poisons the receiver (insert_finish can never start the guest) and
+    // RestoreSnapshot destroys this fresh CVM on any error. Faster commit.
+    ro.single_pass = true;
     CPC_ASSIGN_OR_RETURN(s->receiver,
                          Receiver::Create(*engine, s->key.span(), id, ro));
     std::lock_guard<std::mutex> lock(mu_);
@@ -365,8 +362,7 @@ class SnapshotModule final : public Module {
     ByteReader r(ctx.args());
     CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
     const uint32_t stream = r.Int<uint32_t>();
-    uint64_t payload = 0;
-    CPC_ASSIGN_OR_RETURN(auto bufs, MapRing(ctx, r, &payload));
+    CPC_ASSIGN_OR_RETURN(ring::RingCursor cur, MapRing(ctx, r));
     CPC_ASSIGN_OR_RETURN(auto s, FindImport(id));
     if (!r.done() || stream >= s->expected.streams)
       return Status(Code::kInvalidArgument, "bad snapshot.insert arguments");
@@ -374,26 +370,18 @@ class SnapshotModule final : public Module {
         Share({0, s->expected.pages}, stream, s->expected.streams).pages *
         kPageSize);
     ReceiverStream& rx = s->receiver->stream(stream);
-    int cur = 0;
     for (;;) {
-      RingHead* h = Head(bufs[cur]);
-      CPC_RETURN_IF_ERROR(ring::WaitFor(ctx, [h] {
-        return h->state.load(std::memory_order_acquire) == kFull;
-      }));
-      const uint64_t len = h->len;
-      const bool eos = (h->flags & kEndOfStream) != 0;
-      if (len > payload)
-        return Status(Code::kRecordMalformed, "ring length too large");
+      // The host's reader fills buffers in order and rings the doorbell.
+      CPC_RETURN_IF_ERROR(cur.WaitFull(ctx, NeverStop));
+      uint32_t flags = 0;
+      CPC_ASSIGN_OR_RETURN(auto data, cur.Take(&flags));
       ImportProgress ip;
-      Status st = ImportRecords(
-          rx, ctx.platform(),
-          std::span<const uint8_t>(bufs[cur] + sizeof(RingHead), len), &ctx,
-          &ip);
+      Status st = ImportRecords(rx, ctx.platform(), data, &ctx, &ip);
       s->pages += ip.pages;
       s->vcpus += static_cast<uint32_t>(ip.vcpus);
       CPC_RETURN_IF_ERROR(st);
-      h->state.store(kFree, std::memory_order_release);
-      if (eos) {
+      cur.Release();
+      if (flags & kEndOfStream) {
         if (stream != 0 && !rx.ended())
           return Status(
               Code::kDataLoss,
@@ -401,7 +389,6 @@ class SnapshotModule final : public Module {
                           stream));
         return Status::Ok();
       }
-      cur ^= 1;
     }
   }
 

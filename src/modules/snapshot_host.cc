@@ -39,7 +39,8 @@ constexpr char kMagic[8] = {'C', 'P', 'C', 'S', 'N', 'A', 'P', '1'};
 constexpr uint32_t kFileVersion = 1;
 constexpr size_t kHeaderBytes = 4096;
 constexpr uint16_t kFinalStream = 0xFFFF;
-constexpr uint64_t kRingBuffer = 1 << 20;  // per buffer; two per stream
+constexpr uint64_t kRingBuffer = 1 << 20;  // per buffer
+constexpr uint32_t kRingDepth = 4;         // buffers per stream, at most
 
 Status WriteAll(int fd, const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);
@@ -125,28 +126,37 @@ struct Header {
   }
 };
 
-// One stream's two ring buffers in the shared region.
+// One stream's ring buffers in the shared region.
 struct StreamRing {
   uint64_t offset = 0;
-  std::array<uint8_t*, 2> buf{};
-  RingHead* head(int i) const { return reinterpret_cast<RingHead*>(buf[i]); }
-  uint8_t* payload(int i) const { return buf[i] + sizeof(RingHead); }
+  std::vector<uint8_t*> buf;
+  uint32_t count() const { return static_cast<uint32_t>(buf.size()); }
+  RingHead* head(uint32_t i) const {
+    return reinterpret_cast<RingHead*>(buf[i]);
+  }
+  uint8_t* payload(uint32_t i) const { return buf[i] + sizeof(RingHead); }
 };
 
+// Up to kRingDepth buffers per stream, as many as the shared region holds
+// (at least two: older launch configurations reserve two per stream). More
+// than two let the file side run ahead while the hvCPU works on a buffer.
 Result<std::vector<StreamRing>> LayOutRings(Backend& b, CvmHandle cvm,
                                             uint32_t streams) {
   CPC_ASSIGN_OR_RETURN(SharedRegion shared, b.MapSharedRegion(cvm));
-  if (2 * kRingBuffer * streams > shared.size)
+  const uint64_t fit = shared.size / (kRingBuffer * streams);
+  if (fit < 2)
     return Status(
         Code::kResourceExhausted,
         fmt::format("the shared region ({} MiB) cannot hold rings for {} "
                     "streams; launch with option shared_mib >= {}",
                     shared.size >> 20, streams, 2 * streams + 1));
+  const uint32_t depth =
+      static_cast<uint32_t>(std::min<uint64_t>(fit, kRingDepth));
   std::vector<StreamRing> rings(streams);
   for (uint32_t i = 0; i < streams; ++i) {
-    rings[i].offset = 2 * kRingBuffer * i;
-    for (int k = 0; k < 2; ++k) {
-      rings[i].buf[k] = shared.base + rings[i].offset + k * kRingBuffer;
+    rings[i].offset = uint64_t{depth} * kRingBuffer * i;
+    for (uint32_t k = 0; k < depth; ++k) {
+      rings[i].buf.push_back(shared.base + rings[i].offset + k * kRingBuffer);
       rings[i].head(k)->state.store(kFree);
       rings[i].head(k)->len = 0;
       rings[i].head(k)->flags = 0;
@@ -162,6 +172,7 @@ std::vector<uint8_t> RingArgs(const SessionId& id, uint32_t stream,
   w.Int<uint32_t>(stream);
   w.Int<uint64_t>(ring.offset);
   w.Int<uint64_t>(kRingBuffer);
+  w.Int<uint32_t>(ring.count());
   return a;
 }
 
@@ -198,7 +209,7 @@ HvcpuEntry Entry(std::string procedure, std::vector<uint8_t> token,
 }
 
 // Appends chunks to the file from a thread of its own, so the hvCPU fills
-// one ring buffer while the other is being written (straight from shared
+// ring buffers while others are being written (straight from shared
 // memory: writev, no copy here).
 class ChunkWriter {
  public:
@@ -216,11 +227,9 @@ class ChunkWriter {
     queue_.push_back({stream, head, data});
     cv_.notify_all();
   }
-  // Waits until `head` was written out (its state is free again).
-  Status WaitFree(RingHead* head) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock,
-             [&] { return head->state.load() == kFree || !status_.ok(); });
+  // The first write error, if any.
+  Status status() {
+    std::lock_guard<std::mutex> lock(mu_);
     return status_;
   }
   Status Drain() {
@@ -275,6 +284,7 @@ class ChunkWriter {
       busy_ = false;
       if (!s.ok() && status_.ok()) status_ = s;
       j.head->state.store(kFree, std::memory_order_release);
+      ring::Notify(j.head);  // the module may be waiting for this buffer
       cv_.notify_all();
     }
   }
@@ -389,22 +399,22 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
     for (uint32_t i = 0; i < streams; ++i) {
       drivers.emplace_back([&, i] {
         const StreamRing& ring = rings[i];
-        int next = 0;  // the buffer the module publishes next
-        uint64_t reported = 0;
-        auto collect = [&]() -> Status {
-          // Hand every filled buffer to the writer, once (kFull -> kWriting;
-          // the writer sets kFree), in the order the module filled them...
-          uint32_t full = kFull;
-          while (ring.head(next)->state.compare_exchange_strong(
-              full, snap::kWriting)) {
-            writer.Submit(static_cast<uint16_t>(i), ring.head(next),
-                          ring.payload(next));
-            next ^= 1;
-            full = kFull;
+        std::atomic<bool> done{false};
+        // Hands every buffer the module publishes to the writer, once and
+        // in order (kFull -> kWriting; the writer frees it and rings the
+        // module's doorbell), until the end of the stream or of the call.
+        std::thread collector([&] {
+          for (uint32_t next = 0;; next = (next + 1) % ring.count()) {
+            RingHead* hd = ring.head(next);
+            if (!ring::AwaitState(hd, kFull, [&] { return done.load(); }))
+              return;
+            const bool eos = (hd->flags & kEndOfStream) != 0;
+            hd->state.store(snap::kWriting, std::memory_order_relaxed);
+            writer.Submit(static_cast<uint16_t>(i), hd, ring.payload(next));
+            if (eos) return;
           }
-          // ...and resume only once the buffer the module fills next is free.
-          return writer.WaitFree(ring.head(next));
-        };
+        });
+        uint64_t reported = 0;
         auto out = DriveCallWith(
             [&](const HvcpuEntry& x) {
               return backend.ScheduleHvcpu(cvm, options.hvcpus[i], x);
@@ -413,14 +423,16 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
                   options.slice),
             options.abort,
             [&](const HvcpuExit& exit, const CallStats&) {
-              Status s = collect();
               Report(progress, stats_mu, stats, t0,
                      exit.progress.bytes_done - reported, writer.bytes());
               reported = exit.progress.bytes_done;
-              return s;
+              return writer.status();
             });
+        // The module published its last buffer before returning: the
+        // collector takes every full one before it looks at `done`.
+        done = true;
+        collector.join();
         Status s = out.ok() ? out->status : out.status();
-        if (s.ok()) s = collect();
         if (out.ok())
           Report(progress, stats_mu, stats, t0, out->stats.bytes - reported,
                  writer.bytes());
@@ -527,8 +539,9 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
   std::vector<uint8_t> final_block;
   std::mutex stats_mu;
   std::atomic<uint64_t> file_bytes{kHeaderBytes};
-  std::vector<int> fill(h.streams, 0);
+  std::vector<uint32_t> fill(h.streams, 0);  // next buffer, per stream
   std::atomic<bool> stop{false};
+  const auto stopped = [&] { return stop.load(); };
 
   std::thread reader([&] {
     Status s;
@@ -558,25 +571,23 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
         break;
       }
       const StreamRing& ring = rings[stream];
-      const int k = fill[stream];
-      {
-        std::unique_lock<std::mutex> lock(mu);
-        // The module frees buffers without telling the host: poll briefly.
-        while (!(ring.head(k)->state.load() == kFree || stop.load()))
-          cv.wait_for(lock, std::chrono::microseconds(200));
-        if (stop) {
-          s = Status(Code::kCancelled, "restore stopped");
-          break;
-        }
+      const uint32_t k = fill[stream];
+      RingHead* hd = ring.head(k);
+      // The module rings the doorbell when it frees a buffer.
+      if (!ring::AwaitState(hd, kFree, stopped)) {
+        s = Status(Code::kCancelled, "restore stopped");
+        break;
       }
       s = ReadAll(fd, ring.payload(k), len);
       if (!s.ok()) break;
       file_bytes += 8 + len;
-      ring.head(k)->len = len;
-      ring.head(k)->flags = flags & kEndOfStream;
-      ring.head(k)->state.store(kFull, std::memory_order_release);
+      hd->len = len;
+      hd->flags = flags & kEndOfStream;
+      hd->state.store(kFull, std::memory_order_release);
+      ring::Notify(hd);  // the module may be waiting for it
       if (flags & kEndOfStream) ended[stream] = true;
-      fill[stream] ^= 1;
+      fill[stream] = (k + 1) % ring.count();
+      // A driver waits here while its hvCPU is out (it yielded for data).
       std::lock_guard<std::mutex> lock(mu);
       cv.notify_all();
     }
@@ -609,20 +620,18 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
                 options.slice),
           options.abort,
           [&](const HvcpuExit& exit, const CallStats&) -> Status {
-            {
-              std::lock_guard<std::mutex> lock(mu);
-              cv.notify_all();  // buffers the module freed
-            }
-            // Wait for data (the module yields when its next buffer is empty).
+            // Wait for data (the module yields while its next buffer is
+            // empty).
+            const auto any_full = [&] {
+              for (uint32_t k = 0; k < ring.count(); ++k)
+                if (ring.head(k)->state.load() == kFull) return true;
+              return false;
+            };
             std::unique_lock<std::mutex> lock(mu);
-            cv.wait(lock, [&] {
-              return ring.head(0)->state.load() == kFull ||
-                     ring.head(1)->state.load() == kFull || reader_done ||
-                     stop.load();
-            });
+            cv.wait(lock,
+                    [&] { return any_full() || reader_done || stop.load(); });
             Status s = reader_done ? reader_status : Status::Ok();
-            const bool have = ring.head(0)->state.load() == kFull ||
-                              ring.head(1)->state.load() == kFull;
+            const bool have = any_full();
             lock.unlock();
             {
               std::lock_guard<std::mutex> sl(stats_mu);
@@ -651,6 +660,8 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
         stop = true;
         std::lock_guard<std::mutex> lock(mu);
         cv.notify_all();
+        // Wake the reader if it sleeps on this stream's doorbells.
+        for (uint32_t k = 0; k < ring.count(); ++k) ring::Notify(ring.head(k));
       }
       results[i] = s.WithContext(fmt::format("stream {}", i));
     });

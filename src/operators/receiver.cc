@@ -192,6 +192,10 @@ Result<ImportedRecord> ReceiverStream::Import(GuestPlatform* platform,
   }
   if (rx_->state_ == Receiver::State::kAborted)
     return Status(Code::kAborted, "this destination aborted; it never starts");
+  if (rx_->poisoned())
+    return Status(Code::kFailedPrecondition,
+                  "an earlier record failed after writing into guest memory "
+                  "(single pass); this import cannot continue");
   if (rx_->state_ == Receiver::State::kStarted)
     return Status(Code::kFailedPrecondition, "already started");
   if (ended_)
@@ -417,35 +421,25 @@ Status ReceiverStream::ImportMemory(GuestPlatform* platform,
     claimed_[claimed] = old;
   }
 
+  if (rx_->options_.single_pass)
+    return ImportMemorySinglePass(platform, h, rec, out, rollback);
+
   // Decrypt + verify every page into private scratch.
   pos = kRecordPrefixBytes + Pad64(size_t{n} * kPageEntryBytes);
   for (uint32_t i = 0; i < n; ++i) {
-    const uint8_t* e = table + size_t{i} * kPageEntryBytes;
-    const bool zero = GetLe(e + 12, 4) & kPageFlagZero;
-    const size_t len = zero ? 0 : kPageSize;
-    if (i + 1 < n) __builtin_prefetch(rec.data() + pos + kBlockHeadBytes + len);
-    Status s = OpenBlock(h, static_cast<uint16_t>(i + 1),
-                         std::span<const uint8_t, 16>(e, 16),
-                         heads_.data() + size_t{i} * 32 + 16,
-                         rec.subspan(pos + kBlockHeadBytes, len),
-                         scratch_ + size_t{i} * kPageSize);
-    if (!s.ok()) {
+    bool zero = false;
+    if (Status s =
+            OpenPage(h, rec, i, &pos, scratch_ + size_t{i} * kPageSize, &zero);
+        !s.ok()) {
       rollback();
       return s;
     }
-    pos += kBlockHeadBytes + len;
   }
   // Resolve every target before writing any, so a platform refusal cannot
   // leave the record half-applied.
-  for (uint32_t i = 0; i < n; ++i) {
-    auto page = platform->PrivatePageForWrite(
-        GetLe(table + size_t{i} * kPageEntryBytes, 8));
-    if (!page.ok() || page->size() < kPageSize) {
-      rollback();
-      return page.ok() ? Status(Code::kInternal, "short guest page")
-                       : page.status();
-    }
-    targets_[i] = page->data();
+  if (Status s = ResolveTargets(platform, n); !s.ok()) {
+    rollback();
+    return s;
   }
   // Commit.
   for (uint32_t i = 0; i < n; ++i) {
@@ -453,6 +447,75 @@ Status ReceiverStream::ImportMemory(GuestPlatform* platform,
       std::memset(targets_[i], 0, kPageSize);
     } else {
       CommitPage(targets_[i], scratch_ + size_t{i} * kPageSize);
+    }
+  }
+  CommitFence();
+  out->pages = n;
+  return Status::Ok();
+}
+
+Status ReceiverStream::OpenPage(const RecordHeader& h,
+                                std::span<const uint8_t> rec, uint32_t i,
+                                size_t* pos, uint8_t* plain, bool* zero) {
+  const uint8_t* e =
+      aad_.data() + kRecordHeaderBytes + size_t{i} * kPageEntryBytes;
+  *zero = GetLe(e + 12, 4) & kPageFlagZero;
+  const size_t len = *zero ? 0 : kPageSize;
+  if (i + 1 < h.item_count)
+    __builtin_prefetch(rec.data() + *pos + kBlockHeadBytes + len);
+  CPC_RETURN_IF_ERROR(OpenBlock(
+      h, static_cast<uint16_t>(i + 1), std::span<const uint8_t, 16>(e, 16),
+      heads_.data() + size_t{i} * 32 + 16,
+      rec.subspan(*pos + kBlockHeadBytes, len), plain));
+  *pos += kBlockHeadBytes + len;
+  return Status::Ok();
+}
+
+Status ReceiverStream::ResolveTargets(GuestPlatform* platform, uint32_t n) {
+  const uint8_t* table = aad_.data() + kRecordHeaderBytes;
+  for (uint32_t i = 0; i < n; ++i) {
+    auto page = platform->PrivatePageForWrite(
+        GetLe(table + size_t{i} * kPageEntryBytes, 8));
+    if (!page.ok()) return page.status();
+    if (page->size() < kPageSize)
+      return Status(Code::kInternal, "short guest page");
+    targets_[i] = page->data();
+  }
+  return Status::Ok();
+}
+
+template <typename Rollback>
+Status ReceiverStream::ImportMemorySinglePass(GuestPlatform* platform,
+                                              const RecordHeader& h,
+                                              std::span<const uint8_t> rec,
+                                              ImportedRecord* out,
+                                              const Rollback& rollback) {
+  const uint32_t n = h.item_count;
+  // Every target first: a platform refusal still writes nothing.
+  if (Status s = ResolveTargets(platform, n); !s.ok()) {
+    rollback();
+    return s;
+  }
+  // Page by page: decrypt + verify into one private page (it stays in L1),
+  // then commit it. Decrypting straight into the guest page measured
+  // slower: its plain stores read every guest line first, which the
+  // non-temporal commit avoids (docs/PERFORMANCE.md).
+  uint8_t* const plain = scratch_;
+  size_t pos = kRecordPrefixBytes + Pad64(size_t{n} * kPageEntryBytes);
+  for (uint32_t i = 0; i < n; ++i) {
+    bool zero = false;
+    if (Status s = OpenPage(h, rec, i, &pos, plain, &zero); !s.ok()) {
+      // The pages before this one are in the guest already: the record is
+      // half-applied, so nothing may follow it.
+      CommitFence();
+      rx_->poisoned_.store(true, std::memory_order_release);
+      rollback();
+      return s;
+    }
+    if (zero) {
+      std::memset(targets_[i], 0, kPageSize);
+    } else {
+      CommitPage(targets_[i], plain);
     }
   }
   CommitFence();

@@ -15,6 +15,16 @@
 // a host that rewrites the shared ring while we read it from getting
 // unverified bytes into the guest: every input byte is read exactly once.
 //
+// Exception, ReceiverOptions::single_pass (default off): each page is
+// decrypted + verified into one private page and committed at once (one
+// pass over the record, every input byte still read once, and no
+// unverified byte ever reaches the guest), so a record refused at a page tag
+// may be half-applied. Such a refusal poisons the receiver: it refuses every
+// later record, the start token included (kFailedPrecondition), so it never
+// starts. Only for a fresh target that any refusal destroys (CPC-Snapshot
+// restore); never for migration, which relies on retransmission after a
+// refusal.
+//
 // Ownership: the Receiver owns its streams; the GuestPlatform passed to
 // Import is borrowed for the call. Threading: one ReceiverStream is used by
 // one thread at a time; different streams import in parallel (page marks are
@@ -30,7 +40,8 @@
 // kIncomplete (start token too early), kAborted (this destination aborted),
 // kRecordOutOfOrder also for any record but the resume record after
 // SealResumeAck, and for a resume record that answers no ack,
-// kFailedPrecondition (already started, stream ended, no platform); platform
+// kFailedPrecondition (already started, stream ended, no platform, poisoned
+// by a failed single-pass record); platform
 // errors from PrivatePageForWrite / ImportVcpuState pass through.
 #ifndef CPC_SRC_OPERATORS_RECEIVER_H_
 #define CPC_SRC_OPERATORS_RECEIVER_H_
@@ -60,6 +71,10 @@ struct ReceiverOptions {
   uint64_t memory_bytes = 0;  // guest memory; pages must lie below
   uint32_t vcpu_count = 0;    // gvCPUs whose state must arrive before start
   uint32_t max_pages_per_record = kDefaultPagesPerRecord;  // scratch size
+  // Commit memory records page by page as each page verifies (see above):
+  // the commit copy reads an L1-resident page instead of a record-sized
+  // scratch area; a failed page tag poisons the receiver.
+  bool single_pass = false;
 };
 
 // What one imported record did.
@@ -93,6 +108,18 @@ class ReceiverStream {
 
   Status ImportMemory(GuestPlatform* platform, const RecordHeader& h,
                       std::span<const uint8_t> rec, ImportedRecord* out);
+  // Opens page block i of the memory record `rec` (at *pos, which moves past
+  // it) into `plain` (private); *zero for an elided page.
+  Status OpenPage(const RecordHeader& h, std::span<const uint8_t> rec,
+                  uint32_t i, size_t* pos, uint8_t* plain, bool* zero);
+  // targets_[0, n) = write access to the pages of the record's table.
+  Status ResolveTargets(GuestPlatform* platform, uint32_t n);
+  // ImportMemory's single_pass tail, after the checks and page claims;
+  // `rollback` undoes the claims.
+  template <typename Rollback>
+  Status ImportMemorySinglePass(GuestPlatform* platform, const RecordHeader& h,
+                                std::span<const uint8_t> rec,
+                                ImportedRecord* out, const Rollback& rollback);
   Status ImportVcpu(GuestPlatform* platform, const RecordHeader& h,
                     std::span<const uint8_t> rec, ImportedRecord* out);
   // Opens block `slot` at `block` into `plain` (private).
@@ -139,6 +166,9 @@ class Receiver {
   // A valid abort token from the peer arrived (source side): the source may
   // resume.
   bool peer_aborted() const;
+  // single_pass: a record was refused half-applied; every later record is
+  // refused, and the receiver never starts.
+  bool poisoned() const { return poisoned_.load(std::memory_order_acquire); }
   // Distinct guest pages imported at least once in this session (O(pages)).
   uint64_t CountImportedPages() const;
 
@@ -183,6 +213,8 @@ class Receiver {
   std::optional<ResumeAck> peer_resume_;  // guarded by mu_
   std::vector<uint8_t> vcpu_imported_;    // guarded by mu_ (exclusive)
   std::atomic<uint32_t> epoch_{0};
+  // Set without the lock (records hold it shared); checked by every record.
+  std::atomic<bool> poisoned_{false};
   // Per page: 1 + the epoch it was last imported in; 0 = never.
   std::unique_ptr<std::atomic<uint32_t>[]> page_mark_;
   uint64_t pages_ = 0;

@@ -399,8 +399,8 @@ TEST_CASE("conformance: the guest OS cannot touch the CPC's memory") {
 }
 
 TEST_CASE(
-    "conformance: a dishonest module is stopped; unscheduled hvCPUs do not "
-    "run") {
+    "conformance: a dishonest module is stopped and unscheduled hvCPUs do "
+    "not run") {
   for (auto& env : Backends()) {
     INFO(env.backend);
     auto cvm = env.b->LaunchCvm(Config());

@@ -78,7 +78,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "A yielding call is resumed without a new token; a reset call never") {
+    "A yielding call is resumed without a new token but a reset call "
+    "never") {
   Cvm cvm;
   // Zero-length slices: the module yields after every unit.
   auto start = cvm.Start("work", "run", {3, 1}, 1 << 20, 1ns);

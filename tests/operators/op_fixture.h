@@ -31,6 +31,13 @@ inline std::vector<Record> SplitRecords(std::span<const uint8_t> buf) {
   return out;
 }
 
+// Offset of page block i in an 8-page memory record (docs/FORMAT.md
+// section 2).
+constexpr size_t Block(size_t i) {
+  return cpc::kRecordPrefixBytes + 8 * cpc::kPageEntryBytes +
+         i * (cpc::kBlockHeadBytes + cpc::kPageSize);
+}
+
 inline std::vector<cpc::PageRef> PageRange(uint32_t first, uint32_t count,
                                            uint32_t version = 0) {
   std::vector<cpc::PageRef> v;
@@ -45,6 +52,7 @@ struct OpConfig {
   uint32_t pages = 64;
   uint32_t vcpus = 2;
   bool elide_zero_pages = false;
+  bool single_pass = false;                    // ReceiverOptions::single_pass
   const cpc::AeadEngine* tx_engine = nullptr;  // default engine if null
   const cpc::AeadEngine* rx_engine = nullptr;
 };
@@ -77,6 +85,7 @@ struct OpFixture {
     ro.memory_bytes = dst.memory_bytes();
     ro.vcpu_count = c.vcpus;
     ro.max_pages_per_record = c.pages_per_record;
+    ro.single_pass = c.single_pass;
     auto r = cpc::Receiver::Create(c.rx_engine ? *c.rx_engine : **def,
                                    fwd.span(), sid, ro);
     REQUIRE_OK(r);

@@ -5,15 +5,11 @@
 namespace {
 
 using cpc::Code;
+using cpc_test::Block;
 using cpc_test::OpFixture;
 using cpc_test::PageRange;
 using cpc_test::Record;
 
-// Offsets in an 8-page memory record (docs/FORMAT.md section 2).
-constexpr size_t kBlocks = cpc::kRecordPrefixBytes + 8 * cpc::kPageEntryBytes;
-constexpr size_t Block(size_t i) {
-  return kBlocks + i * (cpc::kBlockHeadBytes + cpc::kPageSize);
-}
 constexpr size_t kTag = 16, kCt = cpc::kBlockHeadBytes;
 
 // Imports `bad`, expects `code`, and checks nothing changed; then the

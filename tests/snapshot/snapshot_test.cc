@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include <cpc/policy.h>
+#include <cpc/record.h>
 #include <cpc/registry.h>
 #include <cpc/snapshot.h>
 
@@ -224,6 +225,24 @@ TEST_CASE(
     // A bit flip in the middle of the ciphertext.
     refused(variant("flip", [](auto& v) { v[v.size() / 2] ^= 0x10; }), c,
             {Code::kAuthFailed, Code::kGpaMismatch, Code::kRecordMalformed});
+    // A bit flip in a page's ciphertext (the last page of the first memory
+    // record): the restore decrypts pages straight into the fresh guest, so
+    // the page tag failure must end it - kAuthFailed, no CVM left.
+    refused(variant("page",
+                    [](auto& v) {
+                      size_t pos = 4096 + 8;  // the first chunk's records
+                      for (;;) {
+                        auto rh = PeekRecordHeader(
+                            std::span<const uint8_t>(v).subspan(pos));
+                        REQUIRE_OK(rh);
+                        if (rh->type == RecordType::kMemory) {
+                          v[pos + rh->record_bytes - 100] ^= 0x01;
+                          return;
+                        }
+                        pos += rh->record_bytes;
+                      }
+                    }),
+            c, {Code::kAuthFailed});
     // Truncated: half the file, and all but the final block.
     refused(variant("half", [](auto& v) { v.resize(v.size() / 2); }), c,
             {Code::kDataLoss});
