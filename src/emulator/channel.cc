@@ -124,11 +124,20 @@ void EncodeStatus(ByteWriter& w, const Status& s) {
 }
 
 Status DecodeStatus(ByteReader& r) {
-  auto code = static_cast<Code>(r.Int<int32_t>());
+  const int32_t raw = r.Int<int32_t>();
   int64_t sub = r.Int<int64_t>();
   auto msg = GetBlob(r);
+  const auto code = static_cast<Code>(raw);
   if (code == Code::kOk) return Status::Ok();
-  return Status(code, std::string(msg.begin(), msg.end()), sub);
+  std::string text(msg.begin(), msg.end());
+  // The other side is another process or machine: a code this build does
+  // not know (a newer peer, or garbage) must not pass for a known one.
+  if (CodeName(code) == "unknown_code")
+    return Status(Code::kIoError,
+                  fmt::format("the peer reported status code {} (unknown "
+                              "here): {}",
+                              raw, text));
+  return Status(code, std::move(text), sub);
 }
 
 std::vector<uint8_t> EncodeEntry(const HvcpuEntry& e) {

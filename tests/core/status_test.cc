@@ -7,6 +7,8 @@
 #include <cpc/secret.h>
 #include <cpc/status.h>
 
+#include "core/bytes.h"
+#include "emulator/channel.h"
 #include "test_util.h"
 
 using cpc::Code;
@@ -73,4 +75,27 @@ TEST_CASE("SecretBytes wipes, moves and compares in constant time") {
   REQUIRE(c.size() == 32);
   c.Clear();
   REQUIRE(c.empty());
+}
+
+TEST_CASE(
+    "A status from another process keeps known codes and refuses unknown") {
+  auto round_trip = [](const cpc::Status& s) {
+    std::vector<uint8_t> b;
+    cpc::ByteWriter w(&b);
+    cpc::emu::EncodeStatus(w, s);
+    cpc::ByteReader r(b);
+    return cpc::emu::DecodeStatus(r);
+  };
+  const cpc::Status known(cpc::Code::kAuthFailed, "tag mismatch", 7);
+  const cpc::Status back = round_trip(known);
+  CHECK(back.code() == cpc::Code::kAuthFailed);
+  CHECK(back.subcode() == 7);
+  CHECK(back.message() == "tag mismatch");
+  CHECK(round_trip(cpc::Status::Ok()).ok());
+  // A code this build does not have (a newer peer, or garbage).
+  const cpc::Status odd(static_cast<cpc::Code>(977), "from the future");
+  const cpc::Status got = round_trip(odd);
+  CHECK(got.code() == cpc::Code::kIoError);
+  CHECK(got.message().find("977") != std::string::npos);
+  CHECK(got.message().find("from the future") != std::string::npos);
 }
