@@ -434,6 +434,23 @@ class Inbox {
   std::atomic<uint32_t> peer_epoch_{0};
 };
 
+// Before a reconnect: stops a side's stream calls and threads, closes every
+// connection, and leaves fresh (idle) threads and control reader.
+void TearDownLink(const Rings& rings, std::unique_ptr<StreamThreads>& threads,
+                  std::vector<std::unique_ptr<Connection>>& data,
+                  Connection& ctl, std::unique_ptr<Inbox>& inbox) {
+  rings.control->stop.store(1, std::memory_order_release);
+  threads->Stop();
+  for (auto& c : data)
+    if (c) c->Shutdown();
+  ctl.Shutdown();
+  threads->Join();
+  inbox->Stop();
+  threads = std::make_unique<StreamThreads>();
+  inbox = std::make_unique<Inbox>();
+  data.clear();
+}
+
 // Every ring buffer free again (no call uses the rings).
 void ResetRings(const Rings& r) {
   for (const auto& bufs : r.bufs)
@@ -601,15 +618,7 @@ class Source {
     const uint32_t n = streams();
     CPC_LOG_WARN("migration: connection lost; reconnecting to {}",
                  o_.destination);
-    rings_.control->stop.store(1, std::memory_order_release);
-    threads_->Stop();
-    for (auto& c : data_) c->Shutdown();
-    ctl_->Shutdown();
-    threads_->Join();
-    inbox_->Stop();
-    threads_ = std::make_unique<StreamThreads>();
-    inbox_ = std::make_unique<Inbox>();
-    data_.clear();
+    TearDownLink(rings_, threads_, data_, *ctl_, inbox_);
     link_lost_ = false;
     ++reconnects_;
     stats_.Update([&](MigrationStats& st) { st.reconnects = reconnects_; });
@@ -1193,15 +1202,7 @@ class Destination {
   Result<bool> AwaitRejoin() {
     CPC_LOG_WARN("migration: connection lost; waiting {:.1f} s for the source",
                  std::chrono::duration<double>(o_.reconnect_timeout).count());
-    rings_.control->stop.store(1);
-    threads_->Stop();
-    for (auto& c : data_) c->Shutdown();
-    ctl_->Shutdown();
-    threads_->Join();
-    inbox_->Stop();
-    threads_ = std::make_unique<StreamThreads>();
-    inbox_ = std::make_unique<Inbox>();
-    data_.clear();
+    TearDownLink(rings_, threads_, data_, *ctl_, inbox_);
     link_lost_ = false;
     const auto until = Clock::now() + o_.reconnect_timeout;
     Status last(Code::kTimeout, "the source did not come back");
