@@ -20,6 +20,7 @@
 #include <cpc/runtime.h>
 
 #include "emulator/host.h"
+#include "migrate/migrate_fixture.h"
 #include "modules/audit.h"
 #include "operators/aead.h"
 #include "test_util.h"
@@ -28,97 +29,25 @@ using namespace cpc;
 using namespace std::chrono_literals;
 
 namespace {
-constexpr uint64_t kMem = 64ull << 20;
-constexpr uint64_t kGuestPages = (kMem - (2 << 20)) / kPageSize;
+using namespace cpc_test::migrate;
 constexpr const char* kRealImage = CPC_TEST_REAL_CVM_IMAGE;
 constexpr const char* kNullImage = CPC_TEST_NULL_AEAD_IMAGE;
 
+// One hvCPU, launched from `image`.
 LaunchConfig Config(const std::string& image) {
-  TenantPolicy p;
-  p.modules = {{"audit", {"digest"}, Isolation::kPlain, {1ull << 30, 0}, 0, 0},
-               {"migrate",
-                {"hello", "accept", "send", "resume", "recv", "commit", "abort",
-                 "ack", "rejoin"},
-                Isolation::kPlain,
-                {0, 0},
-                0,
-                0}};
-  LaunchConfig c;
+  LaunchConfig c = cpc_test::migrate::Config(1);
   c.image = image;
-  c.memory_bytes = kMem;
-  c.gvcpus = 2;
-  c.hvcpus = {{0, Isolation::kPlain}};
-  c.policy = p.Serialize();
-  c.options = {{"workload", "dirty"},
-               {"dirty_mib_s", "64"},
-               {"wss_mib", "8"},
-               {"shared_mib", "16"}};
   return c;
 }
-
-std::unique_ptr<Backend> MakeBackend(const char* chip_seed) {
-  auto b = BackendRegistry::Builtin().List().front()->Create(
-      {{"chip_seed", chip_seed}});
-  REQUIRE_OK(b);
-  return std::move(b).value();
-}
-
-std::vector<uint8_t> AuditToken(Backend& b, CvmHandle cvm) {
-  auto t = b.RequestToken(cvm, {"audit", "digest", {kMem, 0}});
-  REQUIRE_OK(t);
-  return *t;
-}
-
-std::vector<uint8_t> MemDigest(Backend& b, CvmHandle cvm,
-                               std::vector<uint8_t> token) {
-  HvcpuEntry e;
-  e.module = "audit";
-  e.procedure = "digest";
-  e.token = std::move(token);
-  e.args = AuditArgs(0, kGuestPages);
-  auto out =
-      DriveCall([&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, 0, x); },
-                e, AbortPolicy{});
-  REQUIRE_OK(out);
-  REQUIRE_OK(out->status);
-  return out->output;
-}
-
-// Whether the guest OS runs: its workload dirties pages within 50 ms.
-bool Runs(Backend& b, CvmHandle cvm) {
-  if (!b.ReadDirtyLog(cvm, true).ok()) return false;
-  std::this_thread::sleep_for(50ms);
-  auto d = b.ReadDirtyLog(cvm, true);
-  return d.ok() && !d->empty();
-}
-
-struct Outcome {
-  Result<MigrationStats> out = Status(Code::kInternal, "not run");
-  Result<IncomingResult> in = Status(Code::kInternal, "not run");
-  std::vector<uint8_t> dst_audit;
-};
 
 // Migrates `cvm` (launched from `c`) from `src` to `dst`, whose CVM is
 // launched from `dst_image`.
 Outcome Migrate(Backend& src, Backend& dst, CvmHandle cvm,
                 const LaunchConfig& c, const std::string& dst_image) {
-  Outcome res;
-  std::promise<std::string> where;
   IncomingOptions in;
-  in.listen = "127.0.0.1:0";
   in.image = dst_image;
-  in.resume = false;
-  in.on_listening = [&](const std::string& a) { where.set_value(a); };
-  in.before_pause = [&](CvmHandle h) { res.dst_audit = AuditToken(dst, h); };
-  std::thread t([&] { res.in = MigrateIn(dst, in); });
-  MigrateOptions o;
-  o.destination = where.get_future().get();
-  o.launch = c;
-  o.hvcpus = {0};
-  o.verdict_timeout = 5s;
-  res.out = MigrateOut(src, cvm, o);
-  t.join();
-  return res;
+  return cpc_test::migrate::Migrate(src, dst, cvm, Options(c, 1), nullptr, {},
+                                    in);
 }
 
 bool FileContains(const char* path, std::string_view needle) {
