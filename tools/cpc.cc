@@ -391,6 +391,9 @@ constexpr FlagSpec kSnapshotFlags[] = {
     {"run-ms", "T", "let the workload run T ms before the snapshot (200)"},
     {"slice-ms", "T", "hvCPU slice in ms (default 50)"},
     {"no-verify", "", "skip the in-CVM memory digest (no FILE.digest)"},
+    {"background", "",
+     "background snapshot: the guest runs on during the copy (copy-on-write "
+     "inside the CVM)"},
     {"progress", "MODE", "auto | bar | lines | none (default auto)"},
 };
 
@@ -406,6 +409,7 @@ struct SnapshotArgs {
   uint64_t run_ms = 200;
   uint64_t slice_ms = 50;
   bool verify = true;
+  bool background = false;
   ProgressMode progress = ProgressMode::kAuto;
 };
 
@@ -456,8 +460,22 @@ Status RunSnapshot(const SnapshotArgs& a) {
   so.hvcpus.clear();
   for (const auto& h : config.hvcpus) so.hvcpus.push_back(h.index);
   so.slice = std::chrono::milliseconds(a.slice_ms);
-  so.resume = false;
   so.launch = config;
+  // The digest is measured inside the paused guest at the snapshot's
+  // instant: after the copy (stop-and-copy, the guest still paused), or
+  // right before `begin` (background, the guest runs on during the copy).
+  std::optional<MemoryDigest> digest;
+  auto measure = [&]() -> Status {
+    auto d = RunDigest(*backend, cvm, config.hvcpus[0].index, std::move(token),
+                       digest_pages, a.progress);
+    if (!d.ok())
+      return d.status().WithContext("memory digest of the paused guest");
+    digest = std::move(*d);
+    return Status::Ok();
+  };
+  so.background = a.background;
+  so.resume = a.background;
+  if (a.background && a.verify) so.at_pause = measure;
   cpc::SnapshotStats stats;
   {
     Progress progress("snapshot", a.progress);
@@ -474,19 +492,19 @@ Status RunSnapshot(const SnapshotArgs& a) {
   }
   const auto snapshot_end = cpc::Clock::now();
 
-  // The guest is still paused: its memory is exactly what the file holds.
-  std::optional<MemoryDigest> digest;
-  if (a.verify) {
-    auto d = RunDigest(*backend, cvm, config.hvcpus[0].index, std::move(token),
-                       digest_pages, a.progress);
-    if (!d.ok()) {
-      (void)backend->ResumeGuest(cvm);
-      return d.status().WithContext("memory digest of the paused guest");
+  if (!a.background) {
+    // The guest is still paused: its memory is exactly what the file holds.
+    if (a.verify) {
+      Status d = measure();
+      if (!d.ok()) {
+        (void)backend->ResumeGuest(cvm);
+        return d;
+      }
     }
-    digest = std::move(*d);
+    CPC_RETURN_IF_ERROR(backend->ResumeGuest(cvm));
   }
-  CPC_RETURN_IF_ERROR(backend->ResumeGuest(cvm));
-  const double extra_pause_s = Seconds(cpc::Clock::now() - snapshot_end);
+  const double extra_pause_s =
+      a.background ? 0 : Seconds(cpc::Clock::now() - snapshot_end);
 
   CPC_ASSIGN_OR_RETURN(cpc::SnapshotInfo info, cpc::ReadSnapshotInfo(a.out));
   fmt::print("snapshot written to {} (serial {}, measurement {}...)\n", a.out,
@@ -495,6 +513,10 @@ Status RunSnapshot(const SnapshotArgs& a) {
   PrintRow("downtime", HumanSeconds(Seconds(stats.paused) + extra_pause_s) +
                            (a.verify ? " (paused + digest, until resumed)"
                                      : " (paused, until resumed)"));
+  if (a.background)
+    PrintRow("copied", fmt::format("{} pages (written by the running guest "
+                                   "before they were saved)",
+                                   stats.copied_pages));
   PrintRow("launch", HumanSeconds(launch_s) + " (of the CVM snapshotted)");
   if (digest) {
     DigestFile df;
@@ -504,8 +526,8 @@ Status RunSnapshot(const SnapshotArgs& a) {
     df.sha256 = Hex(digest->sha256);
     CPC_RETURN_IF_ERROR(WriteDigestFile(DigestPath(a.out), df));
     fmt::print(
-        "memory digest (in-CVM audit.digest of the paused guest, {} pages, "
-        "{}): {}\n",
+        "memory digest (in-CVM audit.digest of the paused guest at the "
+        "snapshot's instant, {} pages, {}): {}\n",
         digest->pages, HumanRate(digest->rate), df.sha256);
     fmt::print("digest written to {} (cpc restore compares with it)\n",
                DigestPath(a.out));
@@ -531,6 +553,7 @@ int Snapshot(const std::vector<std::string>& args) {
   a.run_ms = f.U64("run-ms", a.run_ms, 0, 86'400'000, &err);
   a.slice_ms = f.U64("slice-ms", a.slice_ms, 1, 60'000, &err);
   a.verify = !f.Has("no-verify");
+  a.background = f.Has("background");
   if (err) return UsageFail("snapshot: " + *err);
   if (a.out.empty()) return UsageFail("snapshot: --out FILE is required");
   if (a.memory_mib % 2 != 0)

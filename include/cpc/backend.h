@@ -199,6 +199,30 @@ class CPC_EXPORT GuestPlatform {
   // Revoking requires the gvCPUs paused (kFailedPrecondition otherwise). A
   // migration source is revoked before its start token exists.
   virtual Status SetGuestOsRunnable(bool runnable) = 0;
+
+  // A point-in-time view of GuestOsMemory() while the guest OS keeps running
+  // (background snapshot). BeginFrozenView revokes the guest OS's write
+  // permission to all of it; the first guest write to a page not yet read
+  // through the view copies the page aside first, then the write goes on.
+  // (SEV-SNP: VMPL0 revokes VMPL1 write access with RMPADJUST and the fault
+  // comes back to it; CCA: plane-1 stage-2 permissions; TDX: the L1 VMM's L2
+  // EPT.) The gvCPUs must be paused to begin (kFailedPrecondition), and one
+  // view exists at a time (kFailedPrecondition). While it exists the written
+  // page record reports every page (it cannot tell which were written).
+  // Platforms without it return kUnimplemented.
+  virtual Status BeginFrozenView();
+  // Pins `gpas` (page-aligned, inside GuestOsMemory(), each at most once per
+  // view: kInvalidArgument / kFailedPrecondition, nothing pinned then) and
+  // stores a pointer to each page's contents at BeginFrozenView in `out`
+  // (out.size() >= gpas.size()), valid until ReleaseFrozenPages(gpas). A
+  // guest write to a pinned page waits for its release: release promptly.
+  virtual Status PinFrozenPages(std::span<const Gpa> gpas,
+                                std::span<const uint8_t*> out);
+  virtual void ReleaseFrozenPages(std::span<const Gpa> gpas);
+  // Ends the view (nothing may be pinned), frees the copies and returns how
+  // many pages the guest wrote before they were read (copied).
+  // kFailedPrecondition if there is no view.
+  virtual Result<uint64_t> EndFrozenView();
 };
 
 // Forwards every call to `target` (not owned; must outlive the wrapper).
@@ -250,6 +274,11 @@ class CPC_EXPORT GuestPlatformWrapper : public GuestPlatform {
                             std::span<const uint8_t, 64> report_data) override;
   Result<std::vector<Gpa>> TakeWrittenPages() override;
   Status SetGuestOsRunnable(bool runnable) override;
+  Status BeginFrozenView() override;
+  Status PinFrozenPages(std::span<const Gpa> gpas,
+                        std::span<const uint8_t*> out) override;
+  void ReleaseFrozenPages(std::span<const Gpa> gpas) override;
+  Result<uint64_t> EndFrozenView() override;
 
  private:
   GuestPlatform* target_;

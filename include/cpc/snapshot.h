@@ -8,7 +8,9 @@
 // derived inside the CVM from the platform's sealing key (image measurement +
 // policy on this platform) and a random per-snapshot session id: the same
 // image and policy can restore it, the host never can. A sealed manifest
-// binds page count, vCPU count, measurement and the snapshot serial.
+// binds page count, vCPU count, measurement and the snapshot serial. With
+// SnapshotOptions::background the guest runs on during the copy and the
+// snapshot still holds one instant (copy-on-write inside the CVM).
 //
 // RestoreSnapshot launches a fresh CVM from the launch configuration stored
 // in the file, pauses it, lets its hvCPUs run MDI/SDI from the file, checks
@@ -43,9 +45,12 @@ struct SnapshotStats {
   uint32_t streams = 0;      // hvCPUs used (one record stream each)
   uint64_t guest_bytes = 0;  // guest bytes processed so far
   uint64_t total_guest_bytes = 0;
-  uint64_t file_bytes = 0;      // bytes written to / read from the file
-  Duration elapsed{0};          // whole operation
-  Duration paused{0};           // time the guest was paused (snapshot)
+  uint64_t file_bytes = 0;  // bytes written to / read from the file
+  Duration elapsed{0};      // whole operation
+  Duration paused{0};       // time the guest was paused (snapshot)
+  // Background snapshot: pages the guest wrote before they were saved
+  // (copied aside inside the CVM first).
+  uint64_t copied_pages = 0;
   Duration launch{0};           // restore: launching the fresh CVM
   double rate_bytes_per_s = 0;  // guest bytes per second
 };
@@ -58,6 +63,19 @@ struct SnapshotOptions {
   AbortPolicy abort;    // default: no time limit
   uint64_t serial = 0;  // recorded in the manifest; 0 = wall-clock ns
   bool resume = true;   // resume the guest afterwards
+  // Background snapshot (like QEMU's background-snapshot): the guest is
+  // paused only while `begin` takes the gvCPU states and write-protects its
+  // memory inside the CVM, then runs on while the hvCPUs save memory as it
+  // was at that instant (the first guest write to an unsaved page copies it
+  // aside inside the CVM). Needs `resume`. Costs up to one extra copy of
+  // every page the guest writes meanwhile, in CVM memory; while it runs the
+  // CVM's written-page record reports every page (a migration meanwhile
+  // would not converge).
+  bool background = false;
+  // Called with the guest paused, right before `begin` takes the snapshot's
+  // instant (e.g. to measure the guest at that instant; its agent cannot
+  // answer token requests now, ask before). An error ends the snapshot.
+  std::function<Status()> at_pause;
   // The launch configuration stored in the file for `cpc restore`.
   LaunchConfig launch;
 };

@@ -5,6 +5,21 @@ CPC_NAMESPACE_BEGIN
 Backend::~Backend() = default;
 GuestPlatform::~GuestPlatform() = default;
 
+namespace {
+Status NoFrozenView() {
+  return Status(Code::kUnimplemented,
+                "this platform has no frozen view (background snapshot)");
+}
+}  // namespace
+
+Status GuestPlatform::BeginFrozenView() { return NoFrozenView(); }
+Status GuestPlatform::PinFrozenPages(std::span<const Gpa>,
+                                     std::span<const uint8_t*>) {
+  return NoFrozenView();
+}
+void GuestPlatform::ReleaseFrozenPages(std::span<const Gpa>) {}
+Result<uint64_t> GuestPlatform::EndFrozenView() { return NoFrozenView(); }
+
 std::string_view BackendWrapper::name() const { return target_->name(); }
 Result<CvmHandle> BackendWrapper::LaunchCvm(const LaunchConfig& config) {
   return target_->LaunchCvm(config);
@@ -94,6 +109,19 @@ Result<std::vector<Gpa>> GuestPlatformWrapper::TakeWrittenPages() {
 }
 Status GuestPlatformWrapper::SetGuestOsRunnable(bool runnable) {
   return target_->SetGuestOsRunnable(runnable);
+}
+Status GuestPlatformWrapper::BeginFrozenView() {
+  return target_->BeginFrozenView();
+}
+Status GuestPlatformWrapper::PinFrozenPages(std::span<const Gpa> gpas,
+                                            std::span<const uint8_t*> out) {
+  return target_->PinFrozenPages(gpas, out);
+}
+void GuestPlatformWrapper::ReleaseFrozenPages(std::span<const Gpa> gpas) {
+  target_->ReleaseFrozenPages(gpas);
+}
+Result<uint64_t> GuestPlatformWrapper::EndFrozenView() {
+  return target_->EndFrozenView();
 }
 
 CPC_NAMESPACE_END

@@ -35,6 +35,7 @@ void Wipe(std::vector<uint8_t>& v) {
 struct ParkCell {
   std::atomic<int> hold{0};    // 1: stay parked
   std::atomic<int> parked{0};  // 1: the thread is inside the handler
+  std::atomic<int> ready{0};   // 1: the thread has set t_park
 };
 static_assert(sizeof(std::atomic<int>) == sizeof(int) &&
               std::atomic<int>::is_always_lock_free);
@@ -254,6 +255,9 @@ void HvcpuRuntime::StartThread() {
   vcpu_ = std::make_unique<Vcpu>();
   Vcpu* v = vcpu_.get();
   v->thread = std::thread([this, v] { ThreadMain(v); });
+  // Park() signals the thread: a signal before it knows its park cell would
+  // be lost (and Park wait forever), so wait until it does.
+  while (v->cell.ready.load() == 0) FutexWait(&v->cell.ready, 0);
 }
 
 CallState HvcpuRuntime::state() const {
@@ -287,6 +291,8 @@ void HvcpuRuntime::Unpark() {
 
 void HvcpuRuntime::ThreadMain(Vcpu* vcpu) {
   t_park = &vcpu->cell;
+  vcpu->cell.ready.store(1);
+  FutexWake(&vcpu->cell.ready);
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     vcpu->wake.wait(lock, [this] {

@@ -78,6 +78,26 @@ class MachinePlatform final : public GuestPlatformWrapper {
     return guest_os_->SetRunnable(runnable);
   }
 
+  // The frozen view is the machine's too: uffd write-protect stands for the
+  // platform's revoked write permission, its handler for the fault path.
+  Status BeginFrozenView() override {
+    if (!guest_os_->paused())
+      return Status(Code::kFailedPrecondition,
+                    "a frozen view begins with the gvCPUs paused");
+    return memory_->BeginFrozenView(GuestOsMemory());
+  }
+  Status PinFrozenPages(std::span<const Gpa> gpas,
+                        std::span<const uint8_t*> out) override {
+    // The platform's own access check still applies to every page.
+    for (const Gpa gpa : gpas)
+      CPC_RETURN_IF_ERROR(PrivatePageForRead(gpa).status());
+    return memory_->PinFrozen(gpas, out);
+  }
+  void ReleaseFrozenPages(std::span<const Gpa> gpas) override {
+    memory_->ReleaseFrozen(gpas);
+  }
+  Result<uint64_t> EndFrozenView() override { return memory_->EndFrozenView(); }
+
  private:
   GuestMemory* const memory_;
   GuestOs* const guest_os_;

@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <iterator>
 #include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -14,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "core/log.h"
 #include "core/sys.h"
 
 // Debian 12's uapi headers predate these (kernel >= 6.7); values from
@@ -95,19 +98,83 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::Create(uint64_t bytes,
   if (::ioctl(uffd, UFFDIO_API, &api) != 0)
     return Status(Code::kUnimplemented,
                   "kernel lacks userfaultfd write-protect async mode", errno);
-  uffdio_register reg = {
-      {reinterpret_cast<uint64_t>(p), bytes}, UFFDIO_REGISTER_MODE_WP, 0};
-  if (::ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
-    return ErrnoStatus("UFFDIO_REGISTER");
-  uffdio_writeprotect wp = {{reinterpret_cast<uint64_t>(p), bytes},
-                            UFFDIO_WRITEPROTECT_MODE_WP};
-  if (::ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
-    return ErrnoStatus("UFFDIO_WRITEPROTECT");
+  CPC_RETURN_IF_ERROR(m->ArmAsyncTracking());
   CPC_ASSIGN_OR_RETURN(m->tracker_, WriteTracker::Open(m->base_, bytes));
   return m;
 }
 
+Status GuestMemory::ArmAsyncTracking() {
+  uffdio_register reg = {
+      {reinterpret_cast<uint64_t>(base_), size_}, UFFDIO_REGISTER_MODE_WP, 0};
+  if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &reg) != 0)
+    return ErrnoStatus("UFFDIO_REGISTER");
+  uffdio_writeprotect wp = {{reinterpret_cast<uint64_t>(base_), size_},
+                            UFFDIO_WRITEPROTECT_MODE_WP};
+  if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0)
+    return ErrnoStatus("UFFDIO_WRITEPROTECT");
+  return Status::Ok();
+}
+
+Status GuestMemory::BeginFrozenView(GpaRange range) {
+  std::lock_guard<std::mutex> lock(frozen_mu_);
+  if (frozen_.load() != nullptr)
+    return Status(Code::kFailedPrecondition,
+                  "a frozen view of this guest's memory already exists");
+  const uint64_t first = range.base >> kPageShift;
+  if (range.base % kPageSize != 0 || range.pages == 0 || first > pages() ||
+      range.pages > pages() - first)
+    return Status(Code::kInvalidArgument, "frozen view outside guest memory");
+  // One uffd per mapping: the async dirty log steps aside for the view.
+  if (tracker_ != nullptr) {
+    tracker_->SetConservative(true);
+    uffdio_range all = {reinterpret_cast<uint64_t>(base_), size_};
+    if (::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &all) != 0) {
+      Status e = ErrnoStatus("UFFDIO_UNREGISTER");
+      tracker_->SetConservative(false);
+      return e;
+    }
+  }
+  if (view_ == nullptr) view_.reset(new FrozenView(base_, size_));
+  Status s = view_->Start(range);
+  if (!s.ok()) {
+    view_->Close();
+    if (tracker_ != nullptr) {
+      Status r = ArmAsyncTracking();
+      if (!r.ok()) return r.WithContext("restoring the dirty log");
+      tracker_->SetConservative(false);
+    }
+    return s;
+  }
+  frozen_.store(view_.get());
+  return Status::Ok();
+}
+
+Status GuestMemory::PinFrozen(std::span<const Gpa> gpas,
+                              std::span<const uint8_t*> out) {
+  FrozenView* v = frozen_.load();
+  if (v == nullptr) return Status(Code::kFailedPrecondition, "no frozen view");
+  return v->Pin(gpas, out);
+}
+
+void GuestMemory::ReleaseFrozen(std::span<const Gpa> gpas) {
+  if (FrozenView* v = frozen_.load()) v->Release(gpas);
+}
+
+Result<uint64_t> GuestMemory::EndFrozenView() {
+  std::lock_guard<std::mutex> lock(frozen_mu_);
+  FrozenView* v = frozen_.exchange(nullptr);
+  if (v == nullptr)
+    return Status(Code::kFailedPrecondition, "no frozen view to end");
+  v->Close();  // unregisters; faulting writers retry and go on
+  if (tracker_ != nullptr) {
+    CPC_RETURN_IF_ERROR(ArmAsyncTracking());
+    tracker_->SetConservative(false);
+  }
+  return v->copied();
+}
+
 GuestMemory::~GuestMemory() {
+  view_.reset();
   if (base_ != nullptr) {
     // Guest memory is scrubbed before it returns to the OS.
     std::memset(base_, 0, size_);
@@ -154,7 +221,23 @@ Result<std::unique_ptr<WriteTracker>> WriteTracker::Open(uint8_t* base,
   return t;
 }
 
+void WriteTracker::SetConservative(bool conservative) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // No last scan on the way in: leaving reports every page anyway, which
+  // covers marks never scanned and writes nothing tracked.
+  if (!conservative && conservative_) {
+    SetRange(host_, 0, pages_);
+    SetRange(platform_, 0, pages_);
+  }
+  conservative_ = conservative;
+}
+
 Status WriteTracker::ScanLocked(uint64_t first_page, uint64_t count) {
+  if (conservative_) {
+    SetRange(host_, first_page, first_page + count);
+    SetRange(platform_, first_page, first_page + count);
+    return Status::Ok();
+  }
   // Regions come back merged (a run of written pages is one entry), so a
   // mostly clean guest needs one ioctl; a full vector is continued from
   // walk_end (pages past it were neither reported nor re-armed).
@@ -228,6 +311,206 @@ Result<std::vector<Gpa>> WriteTracker::TakeWritten(GpaRange range) {
     p += n;
   }
   return out;
+}
+
+// --- FrozenView ---------------------------------------------------------
+
+namespace {
+constexpr uint64_t kCopyChunk = 2ull << 20;
+}  // namespace
+
+FrozenView::FrozenView(uint8_t* region, uint64_t region_bytes)
+    : region_(region), region_bytes_(region_bytes) {
+  const uint64_t pages = region_bytes >> kPageShift;
+  state_.reset(new std::atomic<uint32_t>[pages]);
+  copy_.reset(new std::atomic<const uint8_t*>[pages]);
+}
+
+bool FrozenView::InRange(Gpa gpa) const {
+  const Gpa base = range_base_.load();
+  return gpa >= base && gpa < base + range_pages_.load() * kPageSize;
+}
+
+Status FrozenView::Start(GpaRange range) {
+  for (uint64_t i = 0; i < (region_bytes_ >> kPageShift); ++i) {
+    state_[i].store(kUnread, std::memory_order_relaxed);
+    copy_[i].store(nullptr, std::memory_order_relaxed);
+  }
+  range_base_ = range.base;
+  range_pages_ = range.pages;
+  copied_ = 0;
+  chunk_next_ = 0;
+  chunk_used_ = 0;
+  closed_ = false;
+  // Synchronous write-protect: the writer waits in the kernel until the
+  // handler has copied the page aside (if it must) and lifted the protection.
+  int uffd = static_cast<int>(
+      ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  if (uffd < 0) return ErrnoStatus("userfaultfd");
+  uffd_ = Fd(uffd);
+  uffdio_api api = {UFFD_API, UFFD_FEATURE_WP_UNPOPULATED, 0};
+  if (::ioctl(uffd, UFFDIO_API, &api) != 0)
+    return Status(Code::kUnimplemented,
+                  "kernel lacks userfaultfd write-protect of unpopulated pages",
+                  errno);
+  uffdio_register reg = {{reinterpret_cast<uint64_t>(region_), region_bytes_},
+                         UFFDIO_REGISTER_MODE_WP,
+                         0};
+  if (::ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
+    return ErrnoStatus("UFFDIO_REGISTER (frozen view)");
+  uffdio_writeprotect wp = {{reinterpret_cast<uint64_t>(region_ + range.base),
+                             range.pages * kPageSize},
+                            UFFDIO_WRITEPROTECT_MODE_WP};
+  if (::ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
+    return ErrnoStatus("UFFDIO_WRITEPROTECT (frozen view)");
+  int ev = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (ev < 0) return ErrnoStatus("eventfd");
+  stop_ = Fd(ev);
+  handler_ = std::thread([this] { Serve(); });
+  return Status::Ok();
+}
+
+FrozenView::~FrozenView() {
+  Close();
+  for (uint8_t* p : chunks_) ::munmap(p, kCopyChunk);
+}
+
+void FrozenView::Close() {
+  if (closed_.exchange(true)) return;
+  if (handler_.joinable()) {
+    const uint64_t one = 1;
+    (void)!::write(stop_.get(), &one, sizeof one);
+    handler_.join();
+  }
+  // Closing the uffd unregisters the region and wakes every waiting writer.
+  uffd_ = Fd();
+  stop_ = Fd();
+  for (size_t i = 0; i < chunk_next_; ++i) {
+    std::memset(chunks_[i], 0, kCopyChunk);  // guest plaintext: scrubbed
+    // Dropped but still mapped: a reader that loaded a copy reads zeros.
+    ::madvise(chunks_[i], kCopyChunk, MADV_DONTNEED);
+  }
+  chunk_next_ = 0;
+}
+
+void FrozenView::Serve() {
+  uffd_msg msgs[64];
+  for (;;) {
+    pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      CPC_LOG_ERROR("frozen view: poll failed: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    const ssize_t n = ::read(uffd_.get(), msgs, sizeof msgs);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      CPC_LOG_ERROR("frozen view: read uffd failed: {}", std::strerror(errno));
+      return;
+    }
+    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(uffd_msg); ++i) {
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+      const uint64_t addr = msgs[i].arg.pagefault.address & ~(kPageSize - 1);
+      const uint64_t gpa = addr - reinterpret_cast<uint64_t>(region_);
+      if (InRange(gpa)) OnWrite(gpa >> kPageShift);
+      // Lift the protection and wake the writer (also for a page that a
+      // second writer faulted on after the first was served).
+      uffdio_writeprotect wp = {{addr, kPageSize}, 0};
+      if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0 &&
+          errno != ENOENT)
+        CPC_LOG_ERROR("frozen view: unprotect {:#x} failed: {}", gpa,
+                      std::strerror(errno));
+    }
+  }
+}
+
+const uint8_t* FrozenView::CopyAside(uint64_t idx) {
+  if (chunk_next_ == 0 || chunk_used_ == kCopyChunk) {
+    if (chunk_next_ == chunks_.size()) {
+      void* p = ::mmap(nullptr, kCopyChunk, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) return nullptr;
+      ::madvise(p, kCopyChunk, MADV_DONTDUMP);
+      ::madvise(p, kCopyChunk, MADV_DONTFORK);
+      chunks_.push_back(static_cast<uint8_t*>(p));
+    }
+    ++chunk_next_;
+    chunk_used_ = 0;
+  }
+  uint8_t* dst = chunks_[chunk_next_ - 1] + chunk_used_;
+  chunk_used_ += kPageSize;
+  std::memcpy(dst, region_ + idx * kPageSize, kPageSize);
+  return dst;
+}
+
+void FrozenView::OnWrite(uint64_t idx) {
+  std::atomic<uint32_t>& st = state_[idx];
+  for (;;) {
+    uint32_t s = st.load(std::memory_order_acquire);
+    if (s == kUnread) {
+      // The page cannot change while protected, so the copy is the frozen
+      // contents. Without memory for a copy the writer waits for its reader.
+      if (const uint8_t* c = CopyAside(idx)) {
+        copy_[idx].store(c, std::memory_order_relaxed);
+        if (st.compare_exchange_strong(s, kCopied, std::memory_order_release,
+                                       std::memory_order_acquire)) {
+          copied_.fetch_add(1, std::memory_order_relaxed);
+          return;
+        }
+        // Pinned meanwhile: the copy slot is wasted (rare), wait below.
+        copy_[idx].store(nullptr, std::memory_order_relaxed);
+      }
+    }
+    if (s == kCopied || s == kRead) return;
+    // Pinned (a record is being sealed, ~100 us) or no memory: poll rather
+    // than sleep on the page, so that Close never waits for a reader.
+    if (closed_.load()) return;
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+Status FrozenView::Pin(std::span<const Gpa> gpas,
+                       std::span<const uint8_t*> out) {
+  if (out.size() < gpas.size())
+    return Status(Code::kInvalidArgument, "frozen view: output too short");
+  for (size_t i = 0; i < gpas.size(); ++i) {
+    const Gpa gpa = gpas[i];
+    Status bad = Status::Ok();
+    if (gpa % kPageSize != 0 || !InRange(gpa)) {
+      bad = Status(Code::kInvalidArgument,
+                   fmt::format("page {:#x} is outside the frozen view", gpa));
+    } else {
+      const uint64_t idx = gpa >> kPageShift;
+      uint32_t s = kUnread;
+      if (state_[idx].compare_exchange_strong(s, kPinned,
+                                              std::memory_order_acq_rel)) {
+        out[i] = region_ + gpa;
+        continue;
+      }
+      if (s == kCopied && state_[idx].compare_exchange_strong(
+                              s, kRead, std::memory_order_acq_rel)) {
+        out[i] = copy_[idx].load(std::memory_order_relaxed);
+        continue;
+      }
+      bad = Status(Code::kFailedPrecondition,
+                   fmt::format("page {:#x} was already read through this "
+                               "frozen view",
+                               gpa));
+    }
+    Release(gpas.first(i));
+    return bad;
+  }
+  return Status::Ok();
+}
+
+void FrozenView::Release(std::span<const Gpa> gpas) {
+  for (const Gpa gpa : gpas) {
+    if (!InRange(gpa)) continue;
+    uint32_t s = kPinned;
+    state_[gpa >> kPageShift].compare_exchange_strong(
+        s, kRead, std::memory_order_release);
+  }
 }
 
 Status ProbeDirtyTracking() {

@@ -127,6 +127,26 @@ struct ExportSession {
   std::unique_ptr<SenderSession> sender;
   Manifest manifest;
   GpaRange memory;
+  // Background: the guest runs on; pages come from the platform's frozen
+  // view and the gvCPU states were taken at begin, while it was paused.
+  bool background = false;
+  std::atomic<bool> view_open{false};  // the frozen view is not ended yet
+  std::vector<std::vector<uint8_t>> vcpu_states;
+};
+
+// SEE of the gvCPU states a background snapshot took at begin.
+class TakenVcpuStates final : public GuestPlatformWrapper {
+ public:
+  TakenVcpuStates(GuestPlatform* p, const ExportSession* s)
+      : GuestPlatformWrapper(p), s_(s) {}
+  Result<std::vector<uint8_t>> ExportVcpuState(uint32_t vcpu) override {
+    if (vcpu >= s_->vcpu_states.size())
+      return Status(Code::kInvalidArgument, "no such gvCPU");
+    return s_->vcpu_states[vcpu];
+  }
+
+ private:
+  const ExportSession* s_;
 };
 
 struct ImportSession {
@@ -191,14 +211,25 @@ class SnapshotModule final : public Module {
   }
 
  private:
+  // One snapshot at a time: a new begin drops the sessions of snapshots that
+  // never finished (and ends a frozen view one left behind).
+  void DropExports(GuestPlatform& p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, s] : exports_)
+      if (s->view_open.exchange(false)) (void)p.EndFrozenView();
+    exports_.clear();
+  }
+
   Status Begin(CallContext& ctx) {
     ByteReader r(ctx.args());
     const uint32_t streams = r.Int<uint32_t>();
     const uint64_t serial = r.Int<uint64_t>();
-    if (!r.done() || streams == 0 || streams > 64)
+    const uint8_t flags = r.Int<uint8_t>();
+    if (!r.done() || streams == 0 || streams > 64 || flags > kBeginBackground)
       return Status(Code::kInvalidArgument,
-                    "snapshot.begin wants 1..64 streams");
+                    "snapshot.begin wants 1..64 streams and known flags");
     GuestPlatform& p = ctx.platform();
+    DropExports(p);
     SessionId id;
     RAND_bytes(id.data(), id.size());  // a fresh key and IV space per snapshot
     auto s = std::make_shared<ExportSession>();
@@ -212,6 +243,25 @@ class SnapshotModule final : public Module {
     s->memory = p.GuestOsMemory();
     s->manifest = {serial, s->memory.pages, p.vcpu_count(), streams,
                    ctx.identity().measurement};
+    if (flags & kBeginBackground) {
+      // The gvCPUs are paused: their states and the view are one instant.
+      for (uint32_t v = 0; v < p.vcpu_count(); ++v) {
+        CPC_ASSIGN_OR_RETURN(auto st, p.ExportVcpuState(v));
+        s->vcpu_states.push_back(std::move(st));
+      }
+      CPC_RETURN_IF_ERROR(p.BeginFrozenView());
+      s->background = true;
+      s->view_open = true;
+    }
+    // A begin the host sees fail (aborted even after Run returned) leaves
+    // neither a session nor a frozen view behind.
+    ctx.OnRollback([this, id, &p, s] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        exports_.erase(id);
+      }
+      if (s->view_open.exchange(false)) (void)p.EndFrozenView();
+    });
     std::vector<uint8_t> out(id.begin(), id.end());
     ByteWriter w(&out);
     w.Int<uint64_t>(s->memory.pages);
@@ -242,7 +292,10 @@ class SnapshotModule final : public Module {
     if (!r.done() || stream >= s->manifest.streams)
       return Status(Code::kInvalidArgument, "bad snapshot.extract arguments");
     StreamSender& tx = s->sender->stream(stream);
-    GuestPlatform& p = ctx.platform();
+    TakenVcpuStates taken(&ctx.platform(), s.get());
+    GuestPlatform& p = s->background ? taken : ctx.platform();
+    const PageSource source =
+        s->background ? PageSource::kFrozen : PageSource::kLive;
     const GpaRange share = Share(s->memory, stream, s->manifest.streams);
     ctx.SetWorkSize(share.pages * kPageSize);
 
@@ -269,7 +322,7 @@ class SnapshotModule final : public Module {
         ExportProgress ep;
         CPC_RETURN_IF_ERROR(ExportMemory(tx, p,
                                          std::span(pages).subspan(done_pages),
-                                         cur.space(), &ctx, &ep));
+                                         cur.space(), &ctx, &ep, source));
         done_pages += ep.pages;
         cur.Commit(ep.bytes);
       }
@@ -285,22 +338,35 @@ class SnapshotModule final : public Module {
     }
   }
 
+  // Output: u64 pages the guest wrote before they were saved (copied by the
+  // frozen view), then the final block (epoch + start tokens, manifest).
+  // With the cancel flag, ends the session without a final block.
   Status Finish(CallContext& ctx) {
     ByteReader r(ctx.args());
     CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
+    const uint8_t flags = r.Int<uint8_t>();
+    if (!r.done() || flags > kFinishCancel)
+      return Status(Code::kInvalidArgument, "bad snapshot.finish arguments");
     CPC_ASSIGN_OR_RETURN(auto s, FindExport(id));
-    std::vector<uint8_t> out(64 << 10);
-    CPC_ASSIGN_OR_RETURN(size_t a, s->sender->CloseEpoch(out));
-    CPC_ASSIGN_OR_RETURN(size_t b,
-                         s->sender->SealStart(std::span(out).subspan(a)));
-    out.resize(a + b);
-    ByteWriter w(&out);
-    (void)w;
-    CPC_RETURN_IF_ERROR(SealManifest(s->key.span(), id, s->manifest, &out));
+    // The view ends first: refused while an extract still pins pages, and
+    // then the session stays for a later finish (or the next begin).
+    uint64_t copied = 0;
+    if (s->view_open) {
+      CPC_ASSIGN_OR_RETURN(copied, ctx.platform().EndFrozenView());
+      s->view_open = false;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       exports_.erase(id);  // the key is wiped with the session
     }
+    if (flags & kFinishCancel) return Status::Ok();
+    std::vector<uint8_t> out(8 + (64 << 10));
+    StoreLe<uint64_t>(out.data(), copied);
+    const auto body = std::span(out).subspan(8);
+    CPC_ASSIGN_OR_RETURN(size_t a, s->sender->CloseEpoch(body));
+    CPC_ASSIGN_OR_RETURN(size_t b, s->sender->SealStart(body.subspan(a)));
+    out.resize(8 + a + b);
+    CPC_RETURN_IF_ERROR(SealManifest(s->key.span(), id, s->manifest, &out));
     ctx.SetOutput(std::move(out));
     return Status::Ok();
   }

@@ -1,14 +1,20 @@
 // The in-CVM side of CPC-Snapshot (the host side is include/cpc/snapshot.h).
 //
 // Module "snapshot", procedures (each one call on an hvCPU):
-//   begin         args {u32 streams, u64 serial}: opens an export session
-//                 with a fresh random id; key = HKDF(sealing key, id).
+//   begin         args {u32 streams, u64 serial, u8 flags}: opens an export
+//                 session with a fresh random id; key = HKDF(sealing key,
+//                 id); drops unfinished earlier sessions. kBeginBackground:
+//                 takes the gvCPU states now and begins the platform's
+//                 frozen view, so the host may resume the guest at once.
 //                 output {id[16], u64 pages, u32 vcpus, measurement[32]}
 //   extract       args {id, u32 stream, ring}: MEE of the stream's share of
 //                 guest-OS memory (stream 0 first seals every gvCPU's state,
-//                 SEE) into the ring, publishing each buffer as it fills
-//   finish        args {id}: epoch token + start token + sealed manifest
-//                 (output); closes the session
+//                 SEE) into the ring, publishing each buffer as it fills;
+//                 background: the frozen pages and the states taken at begin
+//   finish        args {id, u8 flags}: ends the frozen view, closes the
+//                 session; output {u64 pages copied by the view} + epoch
+//                 token + start token + sealed manifest. kFinishCancel:
+//                 no output (the host gives up on the snapshot)
 //   insert_begin  args {id, u32 streams, u64 pages, u32 vcpus, measurement}
 //   insert        args {id, u32 stream, ring}: MDI/SDI of what the host puts
 //                 in the ring until a buffer marked end-of-stream
@@ -43,6 +49,9 @@ using ring::kFree;
 using ring::kFull;
 using ring::kWriting;
 using ring::RingHead;
+
+inline constexpr uint8_t kBeginBackground = 1;
+inline constexpr uint8_t kFinishCancel = 1;
 
 // Largest ring buffer payload needed for one memory record.
 uint64_t MinRingBuffer();

@@ -331,6 +331,10 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
     return Status(Code::kInvalidArgument,
                   "SnapshotOptions.launch must describe the CVM (memory_bytes, "
                   "policy, ...) so the snapshot can be restored");
+  if (options.background && !options.resume)
+    return Status(Code::kInvalidArgument,
+                  "a background snapshot resumes the guest right after begin "
+                  "(resume = false contradicts it)");
   CPC_ASSIGN_OR_RETURN(auto rings, LayOutRings(backend, cvm, streams));
   CPC_ASSIGN_OR_RETURN(Tokens tokens,
                        GetTokens(backend, cvm, "begin", "extract", "finish",
@@ -345,8 +349,21 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
   std::mutex stats_mu;
   Clock::time_point paused_at;
   bool paused = false;
-  // Whatever happens, the source CVM keeps running and no partial file stays.
+  Header h;
+  bool begun_background = false;
+  // Whatever happens, the source CVM keeps running and no partial file stays
+  // (nor a frozen view: the unused finish token cancels it).
   auto fail = [&](Status s) -> Status {
+    if (begun_background) {
+      std::vector<uint8_t> args(h.id.begin(), h.id.end());
+      ByteWriter(&args).Int<uint8_t>(snap::kFinishCancel);
+      auto c = RunCall(backend, cvm, options.hvcpus[0],
+                       Entry("finish", tokens.finish, args, options.slice),
+                       AbortPolicy{});
+      if (!c.ok())
+        CPC_LOG_WARN("snapshot: cancelling the frozen view failed: {}",
+                     c.status().ToString());
+    }
     if (paused && options.resume) (void)backend.ResumeGuest(cvm);
     ::close(fd);
     ::unlink(tmp.c_str());
@@ -357,6 +374,10 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
   if (!st.ok()) return fail(st);
   paused = true;
   paused_at = Clock::now();
+  if (options.at_pause) {
+    st = options.at_pause();
+    if (!st.ok()) return fail(st);
+  }
 
   std::vector<uint8_t> begin_args;
   ByteWriter(&begin_args).Int<uint32_t>(streams);
@@ -366,11 +387,12 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
           : static_cast<uint64_t>(
                 std::chrono::system_clock::now().time_since_epoch().count());
   ByteWriter(&begin_args).Int<uint64_t>(serial);
+  ByteWriter(&begin_args)
+      .Int<uint8_t>(options.background ? snap::kBeginBackground : 0);
   auto begun = RunCall(backend, cvm, options.hvcpus[0],
                        Entry("begin", tokens.begin, begin_args, options.slice),
                        options.abort);
   if (!begun.ok()) return fail(begun.status());
-  Header h;
   {
     ByteReader r(*begun);
     auto id = r.Bytes(16);
@@ -381,6 +403,14 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
       return fail(Status(Code::kInternal, "bad snapshot.begin output"));
     std::memcpy(h.id.data(), id.data(), 16);
     std::memcpy(h.measurement.data(), meas.data(), 32);
+  }
+  if (options.background) {
+    // The view and the gvCPU states are taken: the guest runs on.
+    begun_background = true;
+    st = backend.ResumeGuest(cvm);
+    if (!st.ok()) return fail(st);
+    paused = false;
+    stats.paused = Clock::now() - paused_at;
   }
   h.serial = serial;
   h.streams = streams;
@@ -448,33 +478,39 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
     if (!s.ok()) return fail(s);
 
   std::vector<uint8_t> finish_args(h.id.begin(), h.id.end());
-  auto final_block =
+  ByteWriter(&finish_args).Int<uint8_t>(0);
+  auto finished =
       RunCall(backend, cvm, options.hvcpus[0],
               Entry("finish", tokens.finish, finish_args, options.slice),
               options.abort);
-  if (!final_block.ok()) return fail(final_block.status());
+  begun_background = false;  // finish ends the view, whatever its outcome
+  if (!finished.ok()) return fail(finished.status());
+  if (finished->size() < 8)
+    return fail(Status(Code::kInternal, "bad snapshot.finish output"));
+  stats.copied_pages = LoadLe<uint64_t>(finished->data());
+  const auto final_block = std::span(*finished).subspan(8);
   uint8_t chdr[8];
   StoreLe<uint16_t>(chdr, kFinalStream);
   StoreLe<uint16_t>(chdr + 2, 0);
-  StoreLe<uint32_t>(chdr + 4, static_cast<uint32_t>(final_block->size()));
+  StoreLe<uint32_t>(chdr + 4, static_cast<uint32_t>(final_block.size()));
   st = WriteAll(fd, chdr, 8);
-  if (st.ok()) st = WriteAll(fd, final_block->data(), final_block->size());
+  if (st.ok()) st = WriteAll(fd, final_block.data(), final_block.size());
   if (!st.ok()) return fail(st);
-  stats.file_bytes += 8 + final_block->size();
+  stats.file_bytes += 8 + final_block.size();
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     Status e = ErrnoStatus("close snapshot");
     ::unlink(tmp.c_str());
-    if (options.resume) (void)backend.ResumeGuest(cvm);
+    if (paused && options.resume) (void)backend.ResumeGuest(cvm);
     return e;
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     Status e = ErrnoStatus(fmt::format("rename to {}", path));
     ::unlink(tmp.c_str());
-    if (options.resume) (void)backend.ResumeGuest(cvm);
+    if (paused && options.resume) (void)backend.ResumeGuest(cvm);
     return e;
   }
-  stats.paused = Clock::now() - paused_at;
-  if (options.resume) {
+  if (paused) stats.paused = Clock::now() - paused_at;
+  if (paused && options.resume) {
     CPC_RETURN_IF_ERROR(backend.ResumeGuest(cvm));
     stats.paused = Clock::now() - paused_at;
   }

@@ -30,29 +30,41 @@ uint32_t PagesThatFit(uint32_t want, size_t room) {
 
 Status ExportMemory(StreamSender& stream, GuestPlatform& platform,
                     std::span<const PageRef> pages, std::span<uint8_t> out,
-                    CallContext* ctx, ExportProgress* progress) {
+                    CallContext* ctx, ExportProgress* progress,
+                    PageSource source) {
   ExportProgress local;
   ExportProgress& p = progress != nullptr ? *progress : local;
   p = {};
   const uint32_t batch = stream.options().pages_per_record;
   std::vector<const uint8_t*> data(batch);  // once per call, not per page
+  std::vector<Gpa> gpas(source == PageSource::kFrozen ? batch : 0);
   while (p.pages < pages.size()) {
     const uint32_t n = PagesThatFit(
         static_cast<uint32_t>(std::min<size_t>(batch, pages.size() - p.pages)),
         out.size() - p.bytes);
     if (n == 0) break;  // ring full: the caller flushes and calls again
     const auto refs = pages.subspan(p.pages, n);
-    for (uint32_t i = 0; i < n; ++i) {
-      CPC_ASSIGN_OR_RETURN(auto page, platform.PrivatePageForRead(refs[i].gpa));
-      if (page.size() < kPageSize)
-        return Status(Code::kInternal,
-                      fmt::format("short page at {:#x}", refs[i].gpa));
-      data[i] = page.data();
-    }
     CPC_RETURN_IF_ERROR(Charge(ctx, uint64_t{n} * kPageSize));
-    CPC_ASSIGN_OR_RETURN(size_t written,
-                         stream.SealMemory(refs, std::span(data).first(n),
-                                           out.subspan(p.bytes)));
+    if (source == PageSource::kFrozen) {
+      for (uint32_t i = 0; i < n; ++i) gpas[i] = refs[i].gpa;
+      CPC_RETURN_IF_ERROR(platform.PinFrozenPages(std::span(gpas).first(n),
+                                                  std::span(data).first(n)));
+    } else {
+      for (uint32_t i = 0; i < n; ++i) {
+        CPC_ASSIGN_OR_RETURN(auto page,
+                             platform.PrivatePageForRead(refs[i].gpa));
+        if (page.size() < kPageSize)
+          return Status(Code::kInternal,
+                        fmt::format("short page at {:#x}", refs[i].gpa));
+        data[i] = page.data();
+      }
+    }
+    auto sealed =
+        stream.SealMemory(refs, std::span(data).first(n), out.subspan(p.bytes));
+    // The guest may write these pages again as soon as they are sealed.
+    if (source == PageSource::kFrozen)
+      platform.ReleaseFrozenPages(std::span(gpas).first(n));
+    CPC_ASSIGN_OR_RETURN(size_t written, std::move(sealed));
     p.pages += n;
     p.bytes += written;
     ++p.records;

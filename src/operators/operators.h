@@ -55,9 +55,15 @@ struct ImportProgress {
 // latter returns OK with progress->pages < pages.size() (flush the ring and
 // call again with the rest). Page reads (PrivatePageForRead) are resolved
 // for a whole record before its counter is consumed.
+//
+// `source` kFrozen reads the pages as they were when the platform's frozen
+// view began (GuestPlatform::PinFrozenPages; each page once per view), pinned
+// only while their record is sealed.
+enum class PageSource { kLive, kFrozen };
 Status ExportMemory(StreamSender& stream, GuestPlatform& platform,
                     std::span<const PageRef> pages, std::span<uint8_t> out,
-                    CallContext* ctx, ExportProgress* progress = nullptr);
+                    CallContext* ctx, ExportProgress* progress = nullptr,
+                    PageSource source = PageSource::kLive);
 
 // SEE. One record per gvCPU in `vcpus` (ExportVcpuState: the gvCPU must be
 // paused). Stops early, OK, when `out` is full, like ExportMemory.

@@ -97,6 +97,25 @@ std::vector<uint8_t> AuditToken(Backend& b, CvmHandle cvm) {
   return *t;
 }
 
+// Restores `path` into a fresh CVM (launched from `c`, left paused) and
+// returns the digest of its memory before it runs (measured inside it).
+struct Restored {
+  CvmHandle cvm = 0;
+  std::vector<uint8_t> digest;
+  uint64_t pages = 0;
+};
+Restored RestoreAndDigest(Backend& b, const LaunchConfig& c,
+                          const std::string& path) {
+  std::vector<uint8_t> token;
+  RestoreOptions ro;
+  ro.resume = false;
+  ro.before_pause = [&](CvmHandle h) { token = AuditToken(b, h); };
+  auto restored = RestoreSnapshot(b, c, path, ro);
+  REQUIRE_OK(restored);
+  return {restored->cvm, MemDigest(b, restored->cvm, token),
+          restored->stats.pages};
+}
+
 // Takes a snapshot of a CVM whose workload ran a while; returns the digest
 // of its memory at pause time (measured inside the CVM).
 std::vector<uint8_t> Snap(Backend& b, CvmHandle cvm, const LaunchConfig& c,
@@ -144,23 +163,18 @@ TEST_CASE(
       REQUIRE(info->streams == streams);
       REQUIRE(info->launch.memory_bytes == kMem);
 
-      std::vector<uint8_t> token;
-      RestoreOptions ro;
-      ro.resume = false;
-      ro.before_pause = [&](CvmHandle h) { token = AuditToken(*b, h); };
-      auto restored = RestoreSnapshot(*b, info->launch, path, ro);
-      REQUIRE_OK(restored);
-      REQUIRE(restored->stats.pages == info->pages);
+      auto restored = RestoreAndDigest(*b, info->launch, path);
+      REQUIRE(restored.pages == info->pages);
       // Equality, proved inside the CVMs: digest at pause == after restore.
-      REQUIRE(MemDigest(*b, restored->cvm, token) == before);
+      REQUIRE(restored.digest == before);
       // The restored guest carries on: its workload changes memory again.
-      REQUIRE_OK(b->ResumeGuest(restored->cvm));
-      REQUIRE_OK(b->ReadDirtyLog(restored->cvm, true));
+      REQUIRE_OK(b->ResumeGuest(restored.cvm));
+      REQUIRE_OK(b->ReadDirtyLog(restored.cvm, true));
       std::this_thread::sleep_for(50ms);
-      REQUIRE(b->ReadDirtyLog(restored->cvm, true)->size() > 0);
+      REQUIRE(b->ReadDirtyLog(restored.cvm, true)->size() > 0);
       // The source kept running too.
       REQUIRE(b->ReadDirtyLog(*src, true)->size() > 0);
-      REQUIRE_OK(b->DestroyCvm(restored->cvm));
+      REQUIRE_OK(b->DestroyCvm(restored.cvm));
       REQUIRE_OK(b->DestroyCvm(*src));
     }
   }
@@ -307,6 +321,124 @@ TEST_CASE("snapshot: needs a token and stays within budget") {
     REQUIRE_CODE(r, Code::kTokenOverBudget);
     REQUIRE_FALSE(std::filesystem::exists(tmp / "y.partial"));
     REQUIRE(b->ReadDirtyLog(*src, true).ok());
+    REQUIRE_OK(b->DestroyCvm(*src));
+  }
+}
+
+namespace {
+// Background snapshot of `cvm`; measures the guest's digest at the instant
+// of `begin` (paused, just before it). The extraction is held up at its
+// first exit so the running guest surely writes pages not yet saved.
+SnapshotStats SnapBackground(Backend& b, CvmHandle cvm, const LaunchConfig& c,
+                             const std::string& path, uint32_t streams,
+                             std::vector<uint8_t>* digest_at_begin) {
+  auto token = AuditToken(b, cvm);
+  SnapshotOptions o;
+  o.at_pause = [&] {
+    *digest_at_begin = MemDigest(b, cvm, token);
+    return Status::Ok();
+  };
+  o.hvcpus.clear();
+  for (uint32_t i = 0; i < streams; ++i) o.hvcpus.push_back(i);
+  o.launch = c;
+  o.background = true;
+  o.slice = 1ms;
+  bool held = false;
+  auto st = TakeSnapshot(b, cvm, path, o, [&](const SnapshotStats&) {
+    if (!held) std::this_thread::sleep_for(100ms);
+    held = true;
+  });
+  REQUIRE_OK(st);
+  REQUIRE(held);
+  REQUIRE(st->pages == (kMem - (2 << 20)) / kPageSize);
+  // The guest ran during the copy and wrote pages before they were saved.
+  REQUIRE(st->copied_pages > 0);
+  REQUIRE(st->paused < st->elapsed);
+  return *st;
+}
+}  // namespace
+
+TEST_CASE(
+    "snapshot: a background snapshot holds the instant of begin while the "
+    "guest writes on") {
+  TempDir tmp;
+  for (auto& b : Backends()) {
+    INFO(b->name());
+    for (uint32_t streams : {1u, 2u}) {
+      INFO(streams << " streams");
+      auto c = Config(streams);
+      c.options["dirty_mib_s"] = "512";
+      c.options["wss_mib"] = "32";
+      auto src = b->LaunchCvm(c);
+      REQUIRE_OK(src);
+      std::this_thread::sleep_for(30ms);
+      const std::string path = tmp / ("bg" + std::to_string(streams));
+      std::vector<uint8_t> at_begin;
+      auto st = SnapBackground(*b, *src, c, path, streams, &at_begin);
+      INFO("copied " << st.copied_pages << " pages");
+
+      // The source runs on and its memory has moved past the snapshot.
+      auto token = AuditToken(*b, *src);
+      REQUIRE_OK(b->PauseGuest(*src));
+      REQUIRE(MemDigest(*b, *src, token) != at_begin);
+      // Its dirty log reports every page once after the view (nothing
+      // tracked writes meanwhile), then is exact again: a paused guest
+      // writes nothing.
+      REQUIRE(b->ReadDirtyLog(*src, true)->size() >= st.pages);
+      REQUIRE(b->ReadDirtyLog(*src, true)->empty());
+      REQUIRE_OK(b->ResumeGuest(*src));
+
+      // Equality, proved inside the CVMs: digest at begin == after restore.
+      auto restored = RestoreAndDigest(*b, c, path);
+      REQUIRE(restored.digest == at_begin);
+      REQUIRE_OK(b->ResumeGuest(restored.cvm));
+      REQUIRE_OK(b->DestroyCvm(restored.cvm));
+      REQUIRE_OK(b->DestroyCvm(*src));
+    }
+  }
+}
+
+TEST_CASE(
+    "snapshot: a failed background snapshot ends its view and the guest runs "
+    "on") {
+  TempDir tmp;
+  for (auto& b : Backends()) {
+    INFO(b->name());
+    auto c = Config(1);
+    auto src = b->LaunchCvm(c);
+    REQUIRE_OK(src);
+    SnapshotOptions o;
+    o.launch = c;
+    o.background = true;
+    o.slice = 1ms;
+    // Aborted by the host's policy once the guest runs: the copy is held
+    // up past a throughput window it cannot meet.
+    o.abort.throughput_floor_bytes_per_s = 1e15;
+    o.abort.window = 20ms;
+    bool held = false;
+    auto r = TakeSnapshot(*b, *src, tmp / "a", o, [&](const SnapshotStats&) {
+      if (!held) std::this_thread::sleep_for(60ms);
+      held = true;
+    });
+    REQUIRE_CODE(r, Code::kAborted);
+    REQUIRE_FALSE(std::filesystem::exists(tmp / "a"));
+    REQUIRE_FALSE(std::filesystem::exists(tmp / "a.partial"));
+    // Running, and tracked exactly again once paused.
+    REQUIRE_OK(b->ReadDirtyLog(*src, true));
+    std::this_thread::sleep_for(30ms);
+    REQUIRE(b->ReadDirtyLog(*src, true)->size() > 0);
+    REQUIRE_OK(b->PauseGuest(*src));
+    (void)b->ReadDirtyLog(*src, true);
+    auto dl = b->ReadDirtyLog(*src, true);
+    INFO("dirty " << dl->size() << " first " << (dl->empty() ? 0 : (*dl)[0]));
+    REQUIRE(dl->empty());
+    REQUIRE_OK(b->ResumeGuest(*src));
+    // The view was cancelled: the next background snapshot works.
+    std::vector<uint8_t> at_begin;
+    SnapBackground(*b, *src, c, tmp / "b", 1, &at_begin);
+    auto restored = RestoreAndDigest(*b, c, tmp / "b");
+    REQUIRE(restored.digest == at_begin);
+    REQUIRE_OK(b->DestroyCvm(restored.cvm));
     REQUIRE_OK(b->DestroyCvm(*src));
   }
 }
