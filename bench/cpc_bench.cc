@@ -33,18 +33,26 @@
 // zero tag; $CPC_BENCH_NULL_AEAD_IMAGE overrides its path), so ratio = what
 // AES-GCM costs the pipeline. Downtime is reported for both; a plaintext
 // transfer over the bare TCP transport is an extra reference
-// (plaintext_tcp_s, ratio_plaintext_tcp).
+// (plaintext_tcp_s, ratio_plaintext_tcp). cpu_s: CPU seconds the migration
+// window took (both VMMs, both CVMs, softirq threads), steadier than wall
+// time on a shared machine. $CPC_BENCH_MIGRATE_NO_NULL skips the null-AEAD
+// pass; $CPC_BENCH_PERF_CTL lets perf sample only the migration windows.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <dirent.h>
 #include <fcntl.h>
+#include <fstream>
 #include <functional>
 #include <future>
+#include <map>
 #include <pthread.h>
 #include <sched.h>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <sys/mman.h>
@@ -568,7 +576,10 @@ double PlainRead(const std::string& path, Buffer& buf, uint64_t bytes) {
 // The source CVM of the snapshot benchmarks: idle guest of --snapshot-mib,
 // one hvCPU per stream, a policy that allows the snapshot module.
 struct SnapshotBench {
-  explicit SnapshotBench(const Options& o)
+  // `workload`: the guest's LaunchConfig options (idle unless given).
+  explicit SnapshotBench(const Options& o,
+                         std::map<std::string, std::string> workload = {
+                             {"workload", "idle"}})
       : opt(o), dir(BenchDir(o)), memory_bytes(o.snapshot_mib << 20) {
     backend = Check(cpc::BackendRegistry::Builtin().Create("", {}), "backend");
     cpc::ModulePolicy snap;
@@ -582,7 +593,7 @@ struct SnapshotBench {
     for (uint32_t i = 0; i < o.streams; ++i)
       config.hvcpus.push_back({i, cpc::Isolation::kPlain});
     config.policy = policy.Serialize();
-    config.options = {{"workload", "idle"}};
+    config.options = std::move(workload);
     launch_s = Seconds([&] {
       cvm = Check(backend->LaunchCvm(config), "launch the source CVM");
     });
@@ -617,20 +628,33 @@ struct SnapshotBench {
   double launch_s = 0;
 };
 
-void BenchSnapshot(const Options& o) {
-  SnapshotBench b(o);
+// Stop-and-copy snapshot of an idle guest, or (`background`) a background
+// snapshot (the guest runs on during the copy) of a guest rewriting a quarter
+// of its memory at 1 GiB/s, with the pages it wrote before they were saved
+// (copied inside the CVM); both against the same plaintext write.
+void RunSnapshotBench(const Options& o, bool background) {
+  constexpr double kDirtyMibS = 1024;
+  const uint64_t wss_mib = std::max<uint64_t>(1, o.snapshot_mib / 4);
+  std::map<std::string, std::string> workload = {{"workload", "idle"}};
+  if (background)
+    workload = {{"workload", "dirty"},
+                {"dirty_mib_s", fmt::format("{}", kDirtyMibS)},
+                {"wss_mib", std::to_string(wss_mib)}};
+  SnapshotBench b(o, std::move(workload));
+  b.options.background = background;
   Buffer plain(std::min<uint64_t>(b.bytes, 256ull << 20));
   plain.Randomize(7);
   const std::string snap_path = b.Path("snapshot"),
                     plain_path = b.Path("plain");
   cpc::SnapshotStats last;
-  std::vector<double> paused;
+  std::vector<double> paused, copied;
   auto snapshot_pass = [&] {
     double s = Seconds([&] {
       last = Check(cpc::TakeSnapshot(*b.backend, b.cvm, snap_path, b.options),
                    "snapshot");
     });
     paused.push_back(std::chrono::duration<double>(last.paused).count());
+    copied.push_back(static_cast<double>(last.copied_pages));
     RemoveAndSync(snap_path);
     return s;
   };
@@ -644,19 +668,26 @@ void BenchSnapshot(const Options& o) {
   // slower than after another write (fresh page-cache pages), which would
   // flatter the snapshot.
   auto t = Paired(o.reps, {plain_pass, snapshot_pass});
-  Emit({"snapshot/" + b.Label(),
-        t.timed[1],
-        "s (lower is better)",
-        "plaintext-write/" + b.Label(),
-        t.timed[0],
-        {{"guest_gbps", b.bytes / t.timed[1] / 1e9},
-         {"plaintext_gbps", b.bytes / t.timed[0] / 1e9},
-         {"plaintext_after_snapshot_s", t.after_other[0]},
-         {"snapshot_after_plaintext_s", t.after_other[1]},
-         {"file_bytes", static_cast<double>(last.file_bytes)},
-         {"paused_s", Median(paused)},
-         {"streams", static_cast<double>(last.streams)}}});
+  std::vector<std::pair<std::string, double>> extra = {
+      {"guest_gbps", b.bytes / t.timed[1] / 1e9},
+      {"plaintext_gbps", b.bytes / t.timed[0] / 1e9},
+      {"plaintext_after_snapshot_s", t.after_other[0]},
+      {"snapshot_after_plaintext_s", t.after_other[1]},
+      {"file_bytes", static_cast<double>(last.file_bytes)},
+      {"paused_s", Median(paused)},
+      {"streams", static_cast<double>(last.streams)}};
+  if (background) {
+    extra.push_back({"copied_pages", Median(copied)});
+    extra.push_back({"dirty_mib_s", kDirtyMibS});
+    extra.push_back({"wss_mib", static_cast<double>(wss_mib)});
+  }
+  Emit({(background ? "snapshot-background/" : "snapshot/") + b.Label(),
+        t.timed[1], "s (lower is better)", "plaintext-write/" + b.Label(),
+        t.timed[0], std::move(extra)});
 }
+
+void BenchSnapshot(const Options& o) { RunSnapshotBench(o, false); }
+void BenchSnapshotBackground(const Options& o) { RunSnapshotBench(o, true); }
 
 // Evicts a file's pages from the page cache (they are clean: both writers
 // fsynced), so the next read comes from the disk.
@@ -775,15 +806,78 @@ std::string NullAeadImage() {
 #endif
 }
 
+// CPU seconds used so far by this process (both VMMs' threads, dead ones
+// included), its child processes (the CVMs) and the softirq threads (where
+// the kernel defers loopback TCP work): what a migration costs, which on a
+// machine shared with other work says more than its wall time. -1 if /proc
+// cannot be read.
+double MigrationCpuSeconds() {
+  auto cpu = [](clockid_t c) {
+    timespec ts{};
+    if (::clock_gettime(c, &ts) != 0) return 0.0;
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+  };
+  double sum = cpu(CLOCK_PROCESS_CPUTIME_ID);
+  const pid_t self = ::getpid();
+  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return -1;
+  while (const dirent* e = ::readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0 || pid == self) continue;
+    std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    // pid (comm) state ppid ...: comm may hold spaces, so parse after ')'.
+    const size_t open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    const std::string comm = line.substr(open + 1, close - open - 1);
+    std::istringstream rest(line.substr(close + 2));
+    std::string state;
+    long long ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != self && comm.rfind("ksoftirqd", 0) != 0) continue;
+    // Fields 4..13 after ppid lead to utime (14) and stime (15).
+    std::string skip;
+    for (int i = 0; i < 9; ++i) rest >> skip;
+    unsigned long long utime = 0, stime = 0;
+    rest >> utime >> stime;
+    sum += (utime + stime) / tick;
+  }
+  ::closedir(proc);
+  return sum;
+}
+
+// Brackets the migration window for an outside profiler: with
+// $CPC_BENCH_PERF_CTL naming perf's --control fifo, "enable"/"disable" are
+// written to it (so a profile holds the migrations only, not the launches
+// or the processes started meanwhile).
+void PerfControl(const char* command) {
+  if (std::getenv("CPC_BENCH_VERBOSE") != nullptr) {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    std::fprintf(stderr, "cpc-bench: migration window %s at %ld.%06ld\n",
+                 command, static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000);
+  }
+  static const char* fifo = std::getenv("CPC_BENCH_PERF_CTL");
+  if (fifo == nullptr || *fifo == 0) return;
+  if (FILE* f = std::fopen(fifo, "w")) {
+    std::fprintf(f, "%s\n", command);
+    std::fclose(f);
+  }
+}
+
 // Per-pass statistics of one migration variant (warm-up pass included; the
 // medians skip it).
 struct MigrateSamples {
-  std::vector<double> total, setup, down, expected, rounds, wire, throttle;
+  std::vector<double> total, setup, down, expected, rounds, wire, throttle, cpu;
   static double Med(const std::vector<double>& v) {
+    if (v.empty()) return 0;  // a variant that was skipped
     return Median(v.size() > 1 ? std::vector<double>(v.begin() + 1, v.end())
                                : v);
   }
   static double Max(const std::vector<double>& v) {
+    if (v.empty()) return 0;
     return *std::max_element(v.begin() + (v.size() > 1 ? 1 : 0), v.end());
   }
 };
@@ -845,8 +939,24 @@ void BenchMigrate(const Options& o) {
     mo.launch = c;
     mo.hvcpus.clear();
     for (uint32_t i = 0; i < o.streams; ++i) mo.hvcpus.push_back(i);
-    auto st = Check(cpc::MigrateOut(*src, cvm, mo), "migrate");
+    // The migration proper starts when the source turns active (setup -
+    // the destination's launch included - is over).
+    double cpu0 = -1;
+    auto st = Check(
+        cpc::MigrateOut(*src, cvm, mo,
+                        [&](const cpc::MigrationStats& s) {
+                          if (cpu0 < 0 &&
+                              s.state == cpc::MigrationStats::State::kActive) {
+                            cpu0 = MigrationCpuSeconds();
+                            PerfControl("enable");
+                          }
+                        }),
+        "migrate");
     t.join();
+    PerfControl("disable");
+    out.cpu.push_back(cpu0 < 0 ? 0 : MigrationCpuSeconds() - cpu0);
+    if (std::getenv("CPC_BENCH_VERBOSE") != nullptr)
+      std::fprintf(stderr, "cpc-bench: migration cpu %.3f s\n", out.cpu.back());
     auto in_res = Check(std::move(incoming), "incoming");
     Check(dst->DestroyCvm(in_res.cvm), "destroy");
     Check(src->DestroyCvm(cvm), "destroy");
@@ -866,7 +976,11 @@ void BenchMigrate(const Options& o) {
     return s;
   };
   auto migrate_pass = [&] { return pass(config, real); };
-  auto null_pass = [&] { return pass(null_config, null); };
+  // CPC_BENCH_MIGRATE_NO_NULL=1 skips the null-AEAD pass (its columns read
+  // 0): a third of the time, for A/B runs of the real pipeline on a busy box.
+  static const bool no_null =
+      std::getenv("CPC_BENCH_MIGRATE_NO_NULL") != nullptr;
+  auto null_pass = [&] { return no_null ? 0.0 : pass(null_config, null); };
   // Plaintext over the bare transport: cheap, kept as a second reference.
   auto plain_pass = [&] { return PlainTransfer(from, to, bytes, o.streams); };
   auto t = Interleaved(o.reps, {plain_pass, null_pass, migrate_pass});
@@ -894,6 +1008,8 @@ void BenchMigrate(const Options& o) {
         {"null_aead_wire_bytes", M::Med(null.wire)},
         {"throttle", M::Med(real.throttle)},
         {"null_aead_throttle", M::Med(null.throttle)},
+        {"cpu_s", M::Med(real.cpu)},
+        {"null_aead_cpu_s", M::Med(null.cpu)},
         {"setup_s", M::Med(real.setup)},
         {"null_aead_setup_s", M::Med(null.setup)},
         {"total_incl_setup_s", M::Med(real.total)},
@@ -917,6 +1033,9 @@ constexpr Benchmark kBenchmarks[] = {
      BenchMdi, true},
     {"snapshot", "TakeSnapshot of an emulated CVM vs plaintext write()",
      BenchSnapshot, false},
+    {"snapshot-background",
+     "background TakeSnapshot of a guest writing 1 GiB/s vs plaintext write()",
+     BenchSnapshotBackground, false},
     {"restore",
      "RestoreSnapshot (excl. launch) vs plaintext read(), hot and cold cache",
      BenchRestore, false},
