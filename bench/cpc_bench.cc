@@ -39,6 +39,7 @@
 // pass; $CPC_BENCH_PERF_CTL lets perf sample only the migration windows.
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -227,8 +228,11 @@ void Emit(const Row& r) {
                   R"("baseline_value":{:.3f},"ratio":{:.3f})",
                   r.name, r.value, r.unit, r.baseline, r.baseline_value,
                   r.baseline_value > 0 ? r.value / r.baseline_value : 0.0);
+  // A skipped variant (CPC_BENCH_MIGRATE_NO_NULL) leaves divisions by zero:
+  // JSON has no inf/nan, so they print as null.
   for (const auto& [k, v] : r.extra)
-    line += fmt::format(R"(,"{}":{:.3f})", k, v);
+    line += std::isfinite(v) ? fmt::format(R"(,"{}":{:.3f})", k, v)
+                             : fmt::format(R"(,"{}":null)", k);
   line += "}";
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
