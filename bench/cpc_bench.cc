@@ -39,8 +39,8 @@
 // pass; $CPC_BENCH_PERF_CTL lets perf sample only the migration windows.
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -581,9 +581,9 @@ double PlainRead(const std::string& path, Buffer& buf, uint64_t bytes) {
 // one hvCPU per stream, a policy that allows the snapshot module.
 struct SnapshotBench {
   // `workload`: the guest's LaunchConfig options (idle unless given).
-  explicit SnapshotBench(const Options& o,
-                         std::map<std::string, std::string> workload = {
-                             {"workload", "idle"}})
+  explicit SnapshotBench(
+      const Options& o,
+      std::map<std::string, std::string> workload = {{"workload", "idle"}})
       : opt(o), dir(BenchDir(o)), memory_bytes(o.snapshot_mib << 20) {
     backend = Check(cpc::BackendRegistry::Builtin().Create("", {}), "backend");
     cpc::ModulePolicy snap;

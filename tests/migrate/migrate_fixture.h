@@ -18,7 +18,7 @@
 #include <cpc/policy.h>
 #include <cpc/registry.h>
 
-#include "modules/audit.h"
+#include "audit_digest.h"
 #include "test_util.h"
 #include "transport/mitm_proxy.h"
 
@@ -82,17 +82,7 @@ inline std::vector<uint8_t> AuditToken(Backend& b, CvmHandle cvm,
 inline std::vector<uint8_t> MemDigest(Backend& b, CvmHandle cvm,
                                       std::vector<uint8_t> token,
                                       uint64_t mem = kMem) {
-  HvcpuEntry e;
-  e.module = "audit";
-  e.procedure = "digest";
-  e.token = std::move(token);
-  e.args = AuditArgs(0, GuestPages(mem));
-  auto out =
-      DriveCall([&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, 0, x); },
-                e, AbortPolicy{});
-  REQUIRE_OK(out);
-  REQUIRE_OK(out->status);
-  return out->output;
+  return cpc_test::AuditDigest(b, cvm, std::move(token), GuestPages(mem));
 }
 
 // Whether the guest OS runs: its workload dirties pages within 50 ms.

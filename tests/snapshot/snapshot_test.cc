@@ -14,10 +14,10 @@
 #include <cpc/registry.h>
 #include <cpc/snapshot.h>
 
+#include "audit_digest.h"
 #include "child_processes.h"
 #include "conformance/canary.h"
 #include "emulator/host.h"
-#include "modules/audit.h"
 #include "test_util.h"
 
 using namespace cpc;
@@ -78,17 +78,8 @@ std::vector<std::unique_ptr<Backend>> Backends() {
 
 std::vector<uint8_t> MemDigest(Backend& b, CvmHandle cvm,
                                std::vector<uint8_t> token) {
-  HvcpuEntry e;
-  e.module = "audit";
-  e.procedure = "digest";
-  e.token = std::move(token);
-  e.args = AuditArgs(0, (kMem - (2 << 20)) / kPageSize);
-  auto out =
-      DriveCall([&](const HvcpuEntry& x) { return b.ScheduleHvcpu(cvm, 0, x); },
-                e, AbortPolicy{});
-  REQUIRE_OK(out);
-  REQUIRE_OK(out->status);
-  return out->output;
+  return cpc_test::AuditDigest(b, cvm, std::move(token),
+                               (kMem - (2 << 20)) / kPageSize);
 }
 
 std::vector<uint8_t> AuditToken(Backend& b, CvmHandle cvm) {
