@@ -704,6 +704,26 @@ void Evict(const std::string& path) {
   ::close(fd);
 }
 
+// Brackets a timed window (the migrations, the hot restores after their
+// launch) for an outside profiler: with
+// $CPC_BENCH_PERF_CTL naming perf's --control fifo, "enable"/"disable" are
+// written to it (so a profile holds those windows only, not the launches
+// or the processes started meanwhile).
+void PerfControl(const char* command) {
+  if (std::getenv("CPC_BENCH_VERBOSE") != nullptr) {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    std::fprintf(stderr, "cpc-bench: profile window %s at %ld.%06ld\n", command,
+                 static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000);
+  }
+  static const char* fifo = std::getenv("CPC_BENCH_PERF_CTL");
+  if (fifo == nullptr || *fifo == 0) return;
+  if (FILE* f = std::fopen(fifo, "w")) {
+    std::fprintf(f, "%s\n", command);
+    std::fclose(f);
+  }
+}
+
 void BenchRestore(const Options& o) {
   SnapshotBench b(o);
   const std::string snap_path = b.Path("snapshot"),
@@ -723,10 +743,14 @@ void BenchRestore(const Options& o) {
     auto restore_pass = [&] {
       if (cold) Evict(snap_path);
       cpc::RestoreResult r;
+      cpc::RestoreOptions ro;
+      if (!cold)
+        ro.before_pause = [](cpc::CvmHandle) { PerfControl("enable"); };
       const double s = Seconds([&] {
-        r = Check(cpc::RestoreSnapshot(*b.backend, info.launch, snap_path, {}),
+        r = Check(cpc::RestoreSnapshot(*b.backend, info.launch, snap_path, ro),
                   "restore");
       });
+      if (!cold) PerfControl("disable");
       Check(b.backend->DestroyCvm(r.cvm), "destroy the restored CVM");
       last = r.stats;
       const double l = std::chrono::duration<double>(r.stats.launch).count();
@@ -850,25 +874,6 @@ double MigrationCpuSeconds() {
   }
   ::closedir(proc);
   return sum;
-}
-
-// Brackets the migration window for an outside profiler: with
-// $CPC_BENCH_PERF_CTL naming perf's --control fifo, "enable"/"disable" are
-// written to it (so a profile holds the migrations only, not the launches
-// or the processes started meanwhile).
-void PerfControl(const char* command) {
-  if (std::getenv("CPC_BENCH_VERBOSE") != nullptr) {
-    timespec ts{};
-    ::clock_gettime(CLOCK_MONOTONIC, &ts);
-    std::fprintf(stderr, "cpc-bench: migration window %s at %ld.%06ld\n",
-                 command, static_cast<long>(ts.tv_sec), ts.tv_nsec / 1000);
-  }
-  static const char* fifo = std::getenv("CPC_BENCH_PERF_CTL");
-  if (fifo == nullptr || *fifo == 0) return;
-  if (FILE* f = std::fopen(fifo, "w")) {
-    std::fprintf(f, "%s\n", command);
-    std::fclose(f);
-  }
 }
 
 // Per-pass statistics of one migration variant (warm-up pass included; the

@@ -54,16 +54,18 @@ Status WriteAll(int fd, const void* p, size_t n) {
   return Status::Ok();
 }
 
-// Reads exactly n bytes; kDataLoss at a premature end of file.
-Status ReadAll(int fd, void* p, size_t n) {
+// Reads exactly n bytes at `offset` (or, if offset < 0, at the file
+// position); kDataLoss at a premature end of file.
+Status ReadAll(int fd, void* p, size_t n, off_t offset = -1) {
   auto* b = static_cast<uint8_t*>(p);
   while (n > 0) {
-    ssize_t r = ::read(fd, b, n);
+    ssize_t r = offset < 0 ? ::read(fd, b, n) : ::pread(fd, b, n, offset);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) return ErrnoStatus("read snapshot");
     if (r == 0) return Status(Code::kDataLoss, "snapshot file is truncated");
     b += r;
     n -= static_cast<size_t>(r);
+    if (offset >= 0) offset += r;
   }
   return Status::Ok();
 }
@@ -351,8 +353,9 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
   bool paused = false;
   Header h;
   bool begun_background = false;
-  // Whatever happens, the source CVM keeps running and no partial file stays
-  // (nor a frozen view: the unused finish token cancels it).
+  // Whatever happens, the source CVM is left as `resume` asks (running, or
+  // paused for the caller) and no partial file stays (nor a frozen view: the
+  // unused finish token cancels it).
   auto fail = [&](Status s) -> Status {
     if (begun_background) {
       std::vector<uint8_t> args(h.id.begin(), h.id.end());
@@ -566,80 +569,94 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
               options.abort)
           .status());
 
-  // The reader fills each stream's buffers in order from the file, reading
-  // straight into shared memory; stream drivers run the hvCPUs.
+  // One reader per stream fills that stream's buffers in order, straight
+  // from the file into shared memory. Each walks the whole chain of chunk
+  // headers (8-byte preads, cheap) and reads only its own payloads, so the
+  // streams' pipelines run side by side: with one reader for all streams it
+  // was the bottleneck, and its copies landed in another core's cache than
+  // the hvCPU's that decrypts them. Stream drivers run the hvCPUs.
+  struct Reader {
+    Status status;
+    bool done = false;
+  };
   std::mutex mu;
   std::condition_variable cv;
-  Status reader_status;
-  bool reader_done = false;
-  std::vector<uint8_t> final_block;
+  std::vector<Reader> readers(h.streams);
+  std::vector<uint8_t> final_block;  // read by reader 0
   std::mutex stats_mu;
   std::atomic<uint64_t> file_bytes{kHeaderBytes};
-  std::vector<uint32_t> fill(h.streams, 0);  // next buffer, per stream
   std::atomic<bool> stop{false};
   const auto stopped = [&] { return stop.load(); };
 
-  std::thread reader([&] {
-    Status s;
+  const auto read_stream = [&](uint32_t mine) -> Status {
+    const StreamRing& ring = rings[mine];
+    uint32_t fill = 0;  // next buffer
     std::vector<bool> ended(h.streams, false);
+    off_t off = kHeaderBytes;
     for (;;) {
+      if (stop) return Status(Code::kCancelled, "restore stopped");
       uint8_t ch[8];
-      s = ReadAll(fd, ch, 8);
-      if (!s.ok()) break;
+      CPC_RETURN_IF_ERROR(ReadAll(fd, ch, 8, off));
       const uint16_t stream = LoadLe<uint16_t>(ch);
       const uint16_t flags = LoadLe<uint16_t>(ch + 2);
       const uint32_t len = LoadLe<uint32_t>(ch + 4);
       if (stream == kFinalStream) {
-        if (len > (1u << 20)) {
-          s = Status(Code::kRecordMalformed, "snapshot final block too large");
-          break;
-        }
-        final_block.resize(len);
-        s = ReadAll(fd, final_block.data(), len);
+        if (len > (1u << 20))
+          return Status(Code::kRecordMalformed,
+                        "snapshot final block too large");
+        for (uint32_t i = 0; i < h.streams; ++i)
+          if (!ended[i])
+            return Status(Code::kDataLoss,
+                          fmt::format("snapshot stream {} is truncated", i));
+        if (mine != 0) return Status::Ok();
+        std::vector<uint8_t> fb(len);
+        CPC_RETURN_IF_ERROR(ReadAll(fd, fb.data(), len, off + 8));
         file_bytes += 8 + len;
-        break;
+        final_block = std::move(fb);
+        return final_block.empty()
+                   ? Status(Code::kDataLoss, "snapshot has no final block")
+                   : Status::Ok();
       }
       if (stream >= h.streams || len > kRingBuffer - sizeof(RingHead) ||
-          ended[stream]) {
-        s = Status(
+          ended[stream])
+        return Status(
             Code::kRecordMalformed,
             fmt::format("snapshot chunk for stream {} is malformed", stream));
-        break;
-      }
-      const StreamRing& ring = rings[stream];
-      const uint32_t k = fill[stream];
-      RingHead* hd = ring.head(k);
-      // The module rings the doorbell when it frees a buffer.
-      if (!ring::AwaitState(hd, kFree, stopped)) {
-        s = Status(Code::kCancelled, "restore stopped");
-        break;
-      }
-      s = ReadAll(fd, ring.payload(k), len);
-      if (!s.ok()) break;
-      file_bytes += 8 + len;
-      hd->len = len;
-      hd->flags = flags & kEndOfStream;
-      hd->state.store(kFull, std::memory_order_release);
-      ring::Notify(hd);  // the module may be waiting for it
       if (flags & kEndOfStream) ended[stream] = true;
-      fill[stream] = (k + 1) % ring.count();
-      // A driver waits here while its hvCPU is out (it yielded for data).
+      if (stream == mine) {
+        RingHead* hd = ring.head(fill);
+        // The module rings the doorbell when it frees a buffer.
+        if (!ring::AwaitState(hd, kFree, stopped))
+          return Status(Code::kCancelled, "restore stopped");
+        CPC_RETURN_IF_ERROR(ReadAll(fd, ring.payload(fill), len, off + 8));
+        file_bytes += 8 + len;
+        hd->len = len;
+        hd->flags = flags & kEndOfStream;
+        hd->state.store(kFull, std::memory_order_release);
+        ring::Notify(hd);  // the module may be waiting for it
+        fill = (fill + 1) % ring.count();
+        {
+          // A driver waits here while its hvCPU is out (it yielded for data).
+          std::lock_guard<std::mutex> lock(mu);
+          cv.notify_all();
+        }
+        // The rest of the chain is other streams' (and reader 0's final
+        // block).
+        if (ended[mine] && mine != 0) return Status::Ok();
+      }
+      off += 8 + static_cast<off_t>(len);
+    }
+  };
+  std::vector<std::thread> reader_threads;
+  for (uint32_t i = 0; i < h.streams; ++i)
+    reader_threads.emplace_back([&, i] {
+      Status s = read_stream(i);
       std::lock_guard<std::mutex> lock(mu);
+      readers[i].status = s;
+      readers[i].done = true;
+      if (!s.ok()) stop = true;
       cv.notify_all();
-    }
-    if (s.ok()) {
-      for (uint32_t i = 0; i < h.streams; ++i)
-        if (!ended[i])
-          s = Status(Code::kDataLoss,
-                     fmt::format("snapshot stream {} is truncated", i));
-      if (final_block.empty() && s.ok())
-        s = Status(Code::kDataLoss, "snapshot has no final block");
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    reader_status = s;
-    reader_done = true;
-    cv.notify_all();
-  });
+    });
 
   std::vector<Status> results(h.streams);
   std::vector<std::thread> drivers;
@@ -664,9 +681,11 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
               return false;
             };
             std::unique_lock<std::mutex> lock(mu);
-            cv.wait(lock,
-                    [&] { return any_full() || reader_done || stop.load(); });
-            Status s = reader_done ? reader_status : Status::Ok();
+            cv.wait(lock, [&] {
+              return any_full() || readers[i].done || stop.load();
+            });
+            const bool reader_done = readers[i].done;
+            Status s = reader_done ? readers[i].status : Status::Ok();
             const bool have = any_full();
             lock.unlock();
             {
@@ -703,19 +722,23 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
     });
   }
   for (auto& d : drivers) d.join();
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    cv.notify_all();
-  }
-  reader.join();
   for (const Status& s : results)
     if (!s.ok()) {
-      // Prefer the file's own error (truncation) over its symptoms.
-      if (!reader_status.ok() && reader_status.code() != Code::kCancelled)
-        return reader_status;
-      return s;
+      stop = true;  // readers still waiting for a buffer give up
+      for (uint32_t i = 0; i < h.streams; ++i)
+        for (uint32_t k = 0; k < rings[i].count(); ++k)
+          ring::Notify(rings[i].head(k));
     }
-  CPC_RETURN_IF_ERROR(reader_status);
+  for (auto& r : reader_threads) r.join();
+  // Prefer the file's own error (truncation, malformed chunk) over its
+  // symptoms in the streams.
+  for (const Reader& r : readers)
+    if (!r.status.ok() && r.status.code() != Code::kCancelled) return r.status;
+  // Then the stream that failed over those it stopped.
+  for (const Status& s : results)
+    if (!s.ok() && s.code() != Code::kCancelled) return s;
+  for (const Status& s : results) CPC_RETURN_IF_ERROR(s);
+  for (const Reader& r : readers) CPC_RETURN_IF_ERROR(r.status);
   std::vector<uint8_t> fargs(h.id.begin(), h.id.end());
   fargs.insert(fargs.end(), final_block.begin(), final_block.end());
   CPC_RETURN_IF_ERROR(

@@ -283,6 +283,137 @@ TEST_CASE(
   }
 }
 
+// The chunks of a snapshot file: its header, each chunk (8-byte header +
+// payload) and the final block, so a test can drop, duplicate, swap or
+// relabel whole chunks of one stream.
+struct ChunkedFile {
+  std::vector<uint8_t> header;
+  std::vector<std::vector<uint8_t>> chunks;  // the final block last
+  static ChunkedFile Parse(const std::vector<uint8_t>& v) {
+    ChunkedFile f;
+    f.header.assign(v.begin(), v.begin() + 4096);
+    for (size_t pos = 4096; pos < v.size();) {
+      const size_t len = 8 + (v[pos + 4] | v[pos + 5] << 8 | v[pos + 6] << 16 |
+                              static_cast<size_t>(v[pos + 7]) << 24);
+      REQUIRE(pos + len <= v.size());
+      f.chunks.emplace_back(v.begin() + pos, v.begin() + pos + len);
+      pos += len;
+    }
+    return f;
+  }
+  static uint16_t Stream(const std::vector<uint8_t>& c) {
+    return static_cast<uint16_t>(c[0] | c[1] << 8);
+  }
+  // Index of the n-th chunk of `stream`.
+  size_t Nth(uint16_t stream, size_t n) const {
+    for (size_t i = 0; i < chunks.size(); ++i)
+      if (Stream(chunks[i]) == stream && n-- == 0) return i;
+    FAIL("stream " << stream << " has too few chunks");
+    return 0;
+  }
+  std::vector<uint8_t> Join() const {
+    std::vector<uint8_t> v = header;
+    for (const auto& c : chunks) v.insert(v.end(), c.begin(), c.end());
+    return v;
+  }
+};
+
+TEST_CASE(
+    "snapshot: a two-stream snapshot with a stream's chunks dropped, "
+    "duplicated, swapped, relabelled or truncated is refused") {
+  TempDir tmp;
+  for (auto& b : Backends()) {
+    auto c = Config(2);
+    auto src = b->LaunchCvm(c);
+    REQUIRE_OK(src);
+    const std::string good = tmp / "good2";
+    Snap(*b, *src, c, good, 2);
+    REQUIRE_OK(b->DestroyCvm(*src));
+    std::ifstream in(good, std::ios::binary);
+    const auto orig = ChunkedFile::Parse(
+        std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), {}));
+    // Both streams have several chunks (else the cases below test nothing).
+    REQUIRE(orig.Nth(0, 2) < orig.chunks.size());
+    REQUIRE(orig.Nth(1, 2) < orig.chunks.size());
+    const uint64_t children = cpc_test::LiveChildren();
+    auto refused = [&](const std::string& name, auto&& mutate,
+                       std::initializer_list<Code> codes) {
+      INFO(name);
+      ChunkedFile f = orig;
+      mutate(f);
+      const std::string path = tmp / name;
+      {
+        const auto v = f.Join();
+        std::ofstream o(path, std::ios::binary);
+        o.write(reinterpret_cast<const char*>(v.data()),
+                static_cast<long>(v.size()));
+      }
+      auto r = RestoreSnapshot(*b, c, path, RestoreOptions{});
+      REQUIRE_FALSE(r.ok());
+      INFO(r.status().ToString());
+      CHECK(std::find(codes.begin(), codes.end(), r.status().code()) !=
+            codes.end());
+      // No half-restored CVM is left running.
+      REQUIRE(cpc_test::LiveChildren() == children);
+    };
+    // The unmodified file restores (so the refusals below are the edits').
+    {
+      auto r = RestoreSnapshot(*b, c, good, RestoreOptions{});
+      REQUIRE_OK(r);
+      REQUIRE_OK(b->DestroyCvm(r->cvm));
+    }
+    refused("drop",
+            [](ChunkedFile& f) {
+              f.chunks.erase(f.chunks.begin() + static_cast<long>(f.Nth(1, 1)));
+            },
+            {Code::kRecordOutOfOrder, Code::kIncomplete, Code::kDataLoss});
+    refused("duplicate",
+            [](ChunkedFile& f) {
+              const size_t i = f.Nth(1, 1);
+              f.chunks.insert(f.chunks.begin() + static_cast<long>(i) + 1,
+                              f.chunks[i]);
+            },
+            {Code::kRecordReplayed, Code::kRecordOutOfOrder});
+    refused("swap",
+            [](ChunkedFile& f) {
+              std::swap(f.chunks[f.Nth(1, 0)], f.chunks[f.Nth(1, 1)]);
+            },
+            {Code::kRecordOutOfOrder, Code::kRecordReplayed});
+    // A chunk of stream 1 presented as stream 0's: stream 0's receiver
+    // refuses records sealed for stream 1, and stream 1 misses them.
+    refused("relabel",
+            [](ChunkedFile& f) {
+              auto& ch = f.chunks[f.Nth(1, 1)];
+              ch[0] = 0;
+              ch[1] = 0;
+            },
+            {Code::kAuthFailed, Code::kRecordOutOfOrder, Code::kRecordMalformed,
+             Code::kEpochMismatch, Code::kRecordReplayed});
+    // A chunk naming a stream the snapshot does not have.
+    refused("stream 7", [](ChunkedFile& f) { f.chunks[f.Nth(0, 1)][0] = 7; },
+            {Code::kRecordMalformed});
+    // The file ends inside a chunk of stream 1 (its reader sees it first,
+    // stream 0's reader and driver must stop too).
+    refused("cut",
+            [](ChunkedFile& f) {
+              const size_t i = f.Nth(1, 2);
+              f.chunks.resize(i + 1);
+              f.chunks[i].resize(f.chunks[i].size() / 2);
+            },
+            {Code::kDataLoss});
+    // Stream 1's end-of-stream chunk missing (the final block follows).
+    refused("no end",
+            [](ChunkedFile& f) {
+              for (size_t i = f.chunks.size() - 1; i-- > 0;)
+                if (ChunkedFile::Stream(f.chunks[i]) == 1) {
+                  f.chunks.erase(f.chunks.begin() + static_cast<long>(i));
+                  return;
+                }
+            },
+            {Code::kDataLoss, Code::kIncomplete});
+  }
+}
+
 TEST_CASE("snapshot: needs a token and stays within budget") {
   TempDir tmp;
   for (auto& b : Backends()) {
