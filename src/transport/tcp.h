@@ -77,7 +77,9 @@ class Connection {
   // Connects with TCP_NODELAY and large socket buffers (SO_SNDBUF/SO_RCVBUF
   // 4 MiB; 256 KiB once connected if the peer is loopback, where nothing is
   // on a wire and big buffers only cost cache misses; accepted connections
-  // alike). A host name is resolved (without deadline) and its addresses
+  // alike). To a loopback peer the congestion control is Reno, which does
+  // not pace sends (BBR does, with timers that cost CPU and nothing else
+  // there). A host name is resolved (without deadline) and its addresses
   // tried in order. Refused: kIoError; deadline passed: kTimeout.
   static Result<std::unique_ptr<Connection>> Connect(const Endpoint& to,
                                                      Duration timeout);
@@ -110,6 +112,9 @@ class Connection {
   // EOF); reads keep working, later writes fail with kIoError. Thread-safe.
   void CloseWrite();
   Endpoint peer() const;
+  // The socket's TCP congestion control ("reno" to a loopback peer, see
+  // Connect; the system default otherwise); "" if the kernel does not say.
+  std::string congestion_control() const;
   uint64_t bytes_written() const;
   uint64_t bytes_read() const;
 

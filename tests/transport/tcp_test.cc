@@ -204,6 +204,12 @@ TEST_CASE(
   CHECK((s.code() == Code::kDataLoss || s.code() == Code::kIoError));
 }
 
+TEST_CASE("tcp: loopback connections do not pace (Reno), both ends") {
+  Pair p = MakePair();
+  CHECK(p.client->congestion_control() == "reno");
+  CHECK(p.server->congestion_control() == "reno");
+}
+
 TEST_CASE("tcp: WriteAll times out on a full socket") {
   Pair p = MakePair();
   const std::vector<uint8_t> big(64u << 20);
