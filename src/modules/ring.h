@@ -70,10 +70,11 @@ void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout);
 bool AwaitState(RingHead* h, uint32_t want, const std::function<bool()>& stop,
                 std::chrono::microseconds poll = std::chrono::milliseconds(1));
 
-// Waits for `ready` to become true: spins briefly (the host usually answers
-// within microseconds, a round trip through it costs far more), then
-// yields the hvCPU to the host and checks again. For the control block's
-// rare events; ring buffers use RingCursor's doorbell waits.
+// Waits for `ready` to become true: spins briefly (20 us: the host or the
+// other hvCPU usually answers within microseconds), then checks every ~30 us
+// while sleeping, and yields the hvCPU to the host every 2 ms. For the
+// control block's and the other hvCPUs' rare events; ring buffers use
+// RingCursor's doorbell waits.
 Status WaitFor(CallContext& ctx, const std::function<bool()>& ready);
 // WaitFor(ready || stop); kCancelled if it was `stop`.
 Status WaitFor(CallContext& ctx, const std::function<bool()>& ready,
