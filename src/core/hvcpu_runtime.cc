@@ -1,11 +1,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <csignal>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/syscall.h>
+#include <thread>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -61,6 +63,15 @@ void OnPreemptSignal(int) {
     FutexWake(&c->parked);
   }
   errno = saved_errno;
+}
+
+// Takes the runtime's mutex on an hvCPU thread. A host parking this thread
+// holds that mutex until the park handler answers, and ThreadSanitizer
+// delivers signals only inside calls it knows to block (not in a mutex wait),
+// so a plain lock() deadlocked there. Uncontended, this is one try_lock.
+void LockOnHvcpu(std::unique_lock<std::mutex>& lock) {
+  while (!lock.try_lock())
+    std::this_thread::sleep_for(std::chrono::microseconds(5));
 }
 
 int PreemptSignal() {
@@ -140,7 +151,8 @@ class HvcpuRuntime::Context final : public CallContext {
   }
   // Core Tasks -> Suspended until the host resumes or aborts the call.
   Status Suspend() {
-    std::unique_lock<std::mutex> lock(rt_->mu_);
+    std::unique_lock<std::mutex> lock(rt_->mu_, std::defer_lock);
+    LockOnHvcpu(lock);
     // A module that ignores kAborted and yields again stays aborted.
     if (call_->abort)
       return Status(Code::kAborted,
@@ -293,7 +305,8 @@ void HvcpuRuntime::ThreadMain(Vcpu* vcpu) {
   t_park = &vcpu->cell;
   vcpu->cell.ready.store(1);
   FutexWake(&vcpu->cell.ready);
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  LockOnHvcpu(lock);
   for (;;) {
     vcpu->wake.wait(lock, [this] {
       return shutdown_ || (run_ && call_ && !call_->picked);
@@ -305,7 +318,7 @@ void HvcpuRuntime::ThreadMain(Vcpu* vcpu) {
 
     Context ctx(this, vcpu, call);
     Status result = call->module->Run(ctx);
-    lock.lock();
+    LockOnHvcpu(lock);
     if (call->abort && result.code() != Code::kAborted)
       result = Status(Code::kAborted,
                       fmt::format("call {} aborted by the host (module "
@@ -324,7 +337,7 @@ void HvcpuRuntime::ThreadMain(Vcpu* vcpu) {
     }
     call->commits.clear();
     call->rollbacks.clear();
-    lock.lock();
+    LockOnHvcpu(lock);
     call->result = std::move(result);
     call->finished = true;
     if (machine_->sm.state() == CallState::kCoreTasks)
