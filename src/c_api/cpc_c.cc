@@ -435,7 +435,12 @@ class RememberingBackend : public cpc::BackendWrapper {
     return s;
   }
 
-  cpc::Result<cpc::LaunchConfig> Config(cpc::CvmHandle cvm) {
+  // The launch configuration a snapshot or migration of `cvm` carries: the
+  // caller's `given` (options->launch of `fn`), else the remembered one.
+  cpc::Result<cpc::LaunchConfig> Config(cpc::CvmHandle cvm,
+                                        const cpc_launch_config_t* given,
+                                        const char* fn) {
+    if (given != nullptr) return ToLaunchConfig(given, fn, "options->launch");
     std::lock_guard<std::mutex> lock(mu_);
     auto it = configs_.find(cvm);
     if (it == configs_.end())
@@ -667,12 +672,7 @@ cpc_status_t cpc_snapshot_take(cpc_backend_t* backend, cpc_cvm_t cvm,
       }
       launch = o.launch;
     }
-    if (launch != nullptr) {
-      CPC_ASSIGN_OR_RETURN(so.launch,
-                           ToLaunchConfig(launch, fn, "options->launch"));
-    } else {
-      CPC_ASSIGN_OR_RETURN(so.launch, backend->outer->Config(cvm));
-    }
+    CPC_ASSIGN_OR_RETURN(so.launch, backend->outer->Config(cvm, launch, fn));
     CPC_ASSIGN_OR_RETURN(cpc::SnapshotStats st,
                          cpc::TakeSnapshot(*backend->outer, cvm, path, so,
                                            SnapshotProgress(progress, user)));
@@ -807,12 +807,7 @@ cpc_status_t cpc_migrate_out(cpc_backend_t* backend, cpc_cvm_t cvm,
       if (o.max_reconnects != 0) mo.max_reconnects = o.max_reconnects;
       launch = o.launch;
     }
-    if (launch != nullptr) {
-      CPC_ASSIGN_OR_RETURN(mo.launch,
-                           ToLaunchConfig(launch, fn, "options->launch"));
-    } else {
-      CPC_ASSIGN_OR_RETURN(mo.launch, backend->outer->Config(cvm));
-    }
+    CPC_ASSIGN_OR_RETURN(mo.launch, backend->outer->Config(cvm, launch, fn));
     CPC_ASSIGN_OR_RETURN(cpc::MigrationStats st,
                          cpc::MigrateOut(*backend->outer, cvm, mo,
                                          MigrationProgress(progress, user)));

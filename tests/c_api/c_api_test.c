@@ -6,16 +6,7 @@
 
 #include <cpc/cpc.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (cond) {                                                                \
-      ++passed;                                                                \
-    } else {                                                                   \
-      ++failed;                                                                \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-    }                                                                          \
-  } while (0)
+#include "c_check.h"
 
 static int probe_calls;
 static void on_fact(void* user, const char* fact, uint8_t pass,

@@ -196,6 +196,25 @@ TEST_CASE(
   }
 }
 
+void WriteBytes(const std::string& path, const std::vector<uint8_t>& v) {
+  std::ofstream o(path, std::ios::binary);
+  o.write(reinterpret_cast<const char*>(v.data()), static_cast<long>(v.size()));
+}
+
+// A restore of `path` fails with one of `codes` and leaves no half-restored
+// CVM running (`children` CVM processes, as before it).
+void RequireRestoreRefused(Backend& b, const LaunchConfig& launch,
+                           const std::string& path,
+                           std::initializer_list<Code> codes,
+                           uint64_t children) {
+  auto r = RestoreSnapshot(b, launch, path, RestoreOptions{});
+  REQUIRE_FALSE(r.ok());
+  INFO(r.status().ToString());
+  REQUIRE(std::find(codes.begin(), codes.end(), r.status().code()) !=
+          codes.end());
+  REQUIRE(cpc_test::LiveChildren() == children);
+}
+
 TEST_CASE(
     "snapshot: corrupt, truncated, reordered and foreign snapshots are "
     "refused") {
@@ -211,21 +230,13 @@ TEST_CASE(
     auto variant = [&](const std::string& name, auto&& mutate) {
       std::vector<uint8_t> v = orig;
       mutate(v);
-      std::ofstream o(tmp / name, std::ios::binary);
-      o.write(reinterpret_cast<const char*>(v.data()),
-              static_cast<long>(v.size()));
+      WriteBytes(tmp / name, v);
       return tmp / name;
     };
     const uint64_t children = cpc_test::LiveChildren();
-    auto refused = [&](const std::string& path, LaunchConfig launch,
+    auto refused = [&](const std::string& path, const LaunchConfig& launch,
                        std::initializer_list<Code> codes) {
-      auto r = RestoreSnapshot(*b, launch, path, RestoreOptions{});
-      REQUIRE_FALSE(r.ok());
-      INFO(r.status().ToString());
-      REQUIRE(std::find(codes.begin(), codes.end(), r.status().code()) !=
-              codes.end());
-      // No half-restored CVM is left running.
-      REQUIRE(cpc_test::LiveChildren() == children);
+      RequireRestoreRefused(*b, launch, path, codes, children);
     };
     // A bit flip in the middle of the ciphertext.
     refused(variant("flip", [](auto& v) { v[v.size() / 2] ^= 0x10; }), c,
@@ -341,20 +352,8 @@ TEST_CASE(
       INFO(name);
       ChunkedFile f = orig;
       mutate(f);
-      const std::string path = tmp / name;
-      {
-        const auto v = f.Join();
-        std::ofstream o(path, std::ios::binary);
-        o.write(reinterpret_cast<const char*>(v.data()),
-                static_cast<long>(v.size()));
-      }
-      auto r = RestoreSnapshot(*b, c, path, RestoreOptions{});
-      REQUIRE_FALSE(r.ok());
-      INFO(r.status().ToString());
-      CHECK(std::find(codes.begin(), codes.end(), r.status().code()) !=
-            codes.end());
-      // No half-restored CVM is left running.
-      REQUIRE(cpc_test::LiveChildren() == children);
+      WriteBytes(tmp / name, f.Join());
+      RequireRestoreRefused(*b, c, tmp / name, codes, children);
     };
     // The unmodified file restores (so the refusals below are the edits').
     {
