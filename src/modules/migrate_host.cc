@@ -203,10 +203,7 @@ Result<Rings> LayOutRings(Backend& b, CvmHandle cvm, uint32_t streams,
     std::vector<uint8_t*> bufs;
     for (uint32_t k = 0; k < count; ++k) {
       uint8_t* p = shared.base + r.offsets[s] + k * buf_bytes;
-      auto* h = reinterpret_cast<RingHead*>(p);
-      h->state.store(ring::kFree);
-      h->flags = 0;
-      h->len = 0;
+      ring::ResetHead(reinterpret_cast<RingHead*>(p));
       bufs.push_back(p);
     }
     r.bufs.push_back(std::move(bufs));
@@ -217,19 +214,10 @@ Result<Rings> LayOutRings(Backend& b, CvmHandle cvm, uint32_t streams,
   return r;
 }
 
-// Waits for a ring head to reach `state`: a few spins, then the doorbell
-// the CVM rings when it changes a head (ring::Notify).
+// Waits for a ring head to reach `state` (ring::AwaitState), or `stop`.
 bool WaitHead(RingHead* h, uint32_t state, const std::atomic<bool>& stop) {
-  for (int spin = 0;; ++spin) {
-    const uint32_t s = h->state.load(std::memory_order_acquire);
-    if (s == state) return true;
-    if (stop.load(std::memory_order_relaxed)) return false;
-    if (spin < 16) {
-      std::this_thread::yield();
-    } else {
-      ring::WaitChange(h, s, 1ms);
-    }
-  }
+  return ring::AwaitState(h, state,
+                          [&] { return stop.load(std::memory_order_relaxed); });
 }
 
 // Runs one hvCPU's stream call; re-enters after yields, pausing briefly
@@ -454,12 +442,7 @@ void TearDownLink(const Rings& rings, std::unique_ptr<StreamThreads>& threads,
 // Every ring buffer free again (no call uses the rings).
 void ResetRings(const Rings& r) {
   for (const auto& bufs : r.bufs)
-    for (uint8_t* p : bufs) {
-      auto* h = reinterpret_cast<RingHead*>(p);
-      h->flags = 0;
-      h->len = 0;
-      h->state.store(ring::kFree, std::memory_order_release);
-    }
+    for (uint8_t* p : bufs) ring::ResetHead(reinterpret_cast<RingHead*>(p));
 }
 
 // The next control frame of a resume handshake: kFail is final (the peer

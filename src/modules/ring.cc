@@ -23,6 +23,12 @@ inline void CpuRelax() {
 }
 }  // namespace
 
+void ResetHead(RingHead* h) {
+  h->flags = 0;
+  h->len = 0;
+  h->state.store(kFree, std::memory_order_release);
+}
+
 void Notify(RingHead* h) {
   // Not FUTEX_PRIVATE: the waiter is another process.
   ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&h->state), FUTEX_WAKE,

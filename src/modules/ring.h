@@ -53,6 +53,9 @@ Result<std::vector<uint8_t*>> MapRing(std::span<uint8_t> shared,
                                       uint64_t offset, uint64_t buf_bytes,
                                       uint32_t count, uint64_t min_buf_bytes);
 
+// A free, empty buffer (the host lays out or resets a ring).
+void ResetHead(RingHead* h);
+
 // Doorbells. The shared region is one set of pages mapped into the host and
 // the CVM process, so a head's state word doubles as a futex: whoever
 // changes a state calls Notify, and a waiter sleeps in WaitChange instead

@@ -159,9 +159,7 @@ Result<std::vector<StreamRing>> LayOutRings(Backend& b, CvmHandle cvm,
     rings[i].offset = uint64_t{depth} * kRingBuffer * i;
     for (uint32_t k = 0; k < depth; ++k) {
       rings[i].buf.push_back(shared.base + rings[i].offset + k * kRingBuffer);
-      rings[i].head(k)->state.store(kFree);
-      rings[i].head(k)->len = 0;
-      rings[i].head(k)->flags = 0;
+      ring::ResetHead(rings[i].head(k));
     }
   }
   return rings;

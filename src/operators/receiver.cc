@@ -20,12 +20,15 @@ Status Malformed(std::string msg) {
   return Status(Code::kRecordMalformed, std::move(msg));
 }
 
+}  // namespace
+
 // Commit copy of one verified page into guest memory. Non-temporal stores:
 // we never read the guest page back, so skip the read-for-ownership and keep
 // the ring and the scratch area in cache. Worth +30 % MDI throughput
 // (docs/PERFORMANCE.md). AVX-512 where the CPU has it (picked at run time:
 // the build does not use -march=native), SSE2 otherwise.
 #if defined(__x86_64__)
+namespace {
 __attribute__((target("avx512f"))) void CommitPageAvx512(uint8_t* dst,
                                                          const uint8_t* src) {
   for (size_t i = 0; i < kPageSize; i += 256) {
@@ -62,6 +65,7 @@ CommitFn PickCommit() {
   return __builtin_cpu_supports("avx512f") ? CommitPageAvx512 : CommitPageSse2;
 }
 const CommitFn kCommitAligned = PickCommit();
+}  // namespace
 #endif
 
 // `src` (scratch) is 64-byte aligned; guest pages normally are 4 KiB aligned.
@@ -78,6 +82,8 @@ void CommitFence() {
   _mm_sfence();  // streaming stores are weakly ordered
 #endif
 }
+
+namespace {
 
 bool IsToken(RecordType t) {
   return t == RecordType::kEpochToken || t == RecordType::kStartToken ||

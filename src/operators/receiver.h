@@ -220,6 +220,14 @@ class Receiver {
   uint64_t pages_ = 0;
 };
 
+// The commit copy of a verified page (kPageSize bytes from 64-byte aligned
+// private scratch) into guest memory: non-temporal stores where the CPU has
+// them, so the guest page is never read first. CommitFence orders them
+// before anything published after. Used by MDI; exposed for the benchmark's
+// floor (decrypt into scratch + this copy).
+void CommitPage(uint8_t* dst, const uint8_t* src);
+void CommitFence();
+
 CPC_NAMESPACE_END
 
 #endif  // CPC_SRC_OPERATORS_RECEIVER_H_
