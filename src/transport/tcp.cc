@@ -142,7 +142,6 @@ int BufferBytes(const asio::ip::address& peer) {
 // TCP_NODELAY, the buffers (set before connect / listen so the window scale
 // is negotiated for them) and, to a loopback peer, the congestion control.
 Status ConfigureSocket(tcp::socket& s, const asio::ip::address& peer) {
-  const bool loopback = peer.is_loopback();
   const int buffer_bytes = BufferBytes(peer);
   error_code ec;
   s.set_option(tcp::no_delay(true), ec);
@@ -151,7 +150,7 @@ Status ConfigureSocket(tcp::socket& s, const asio::ip::address& peer) {
   if (ec) return IoStatus("setsockopt(SO_SNDBUF)", ec);
   s.set_option(asio::socket_base::receive_buffer_size(buffer_bytes), ec);
   if (ec) return IoStatus("setsockopt(SO_RCVBUF)", ec);
-  if (loopback) {
+  if (peer.is_loopback()) {
     // Nothing is lost or queued on loopback, so congestion control only
     // costs CPU: BBR (a common default) paces every send with hrtimers when
     // the qdisc does not, ~15 % of a 2 GiB migration's CPU here. Reno, always
@@ -533,8 +532,7 @@ Endpoint Connection::peer() const { return impl_->peer; }
 std::string Connection::congestion_control() const {
   char name[32] = {};
   socklen_t len = sizeof name - 1;
-  if (::getsockopt(impl_->socket.native_handle(), IPPROTO_TCP, TCP_CONGESTION,
-                   name, &len) != 0)
+  if (::getsockopt(impl_->fd(), IPPROTO_TCP, TCP_CONGESTION, name, &len) != 0)
     return "";
   return std::string(name, ::strnlen(name, len));
 }
