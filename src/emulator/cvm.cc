@@ -67,10 +67,7 @@ class MachinePlatform final : public GuestPlatformWrapper {
       : GuestPlatformWrapper(platform), memory_(memory), guest_os_(guest_os) {}
 
   Result<std::vector<Gpa>> TakeWrittenPages() override {
-    WriteTracker* t = memory_->tracker();
-    if (t == nullptr)
-      return Status(Code::kFailedPrecondition,
-                    "dirty tracking is off for this CVM");
+    CPC_ASSIGN_OR_RETURN(WriteTracker * t, memory_->StartTracking());
     const GpaRange os = GuestOsMemory();
     return t->TakeWritten({os.base, os.pages});
   }
@@ -316,13 +313,12 @@ class Cvm {
       (void)Reply(vm_, Status(Code::kInvalidArgument, "bad dirty log request"));
       return;
     }
-    WriteTracker* t = memory_->tracker();
-    if (t == nullptr) {
-      (void)Reply(vm_, Status(Code::kFailedPrecondition,
-                              "dirty tracking is off for this CVM"));
+    auto t = memory_->StartTracking();
+    if (!t.ok()) {
+      (void)Reply(vm_, t.status());
       return;
     }
-    auto bits = t->ReadHostLog(first, pages, rearm);
+    auto bits = (*t)->ReadHostLog(first, pages, rearm);
     if (!bits.ok()) {
       (void)Reply(vm_, bits.status());
       return;

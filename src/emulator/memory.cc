@@ -98,9 +98,22 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::Create(uint64_t bytes,
   if (::ioctl(uffd, UFFDIO_API, &api) != 0)
     return Status(Code::kUnimplemented,
                   "kernel lacks userfaultfd write-protect async mode", errno);
-  CPC_RETURN_IF_ERROR(m->ArmAsyncTracking());
+  // Conservative (every page written) until StartTracking arms it.
   CPC_ASSIGN_OR_RETURN(m->tracker_, WriteTracker::Open(m->base_, bytes));
   return m;
+}
+
+Result<WriteTracker*> GuestMemory::StartTracking() {
+  if (tracker_ == nullptr)
+    return Status(Code::kFailedPrecondition,
+                  "dirty tracking is off for this CVM");
+  std::lock_guard<std::mutex> lock(frozen_mu_);
+  if (!tracking_) {
+    // A standing view holds the registration; it arms us when it ends.
+    if (frozen_.load() == nullptr) CPC_RETURN_IF_ERROR(ArmAsyncTracking());
+    tracking_ = true;
+  }
+  return tracker_.get();
 }
 
 Status GuestMemory::ArmAsyncTracking() {
@@ -110,8 +123,13 @@ Status GuestMemory::ArmAsyncTracking() {
     return ErrnoStatus("UFFDIO_REGISTER");
   uffdio_writeprotect wp = {{reinterpret_cast<uint64_t>(base_), size_},
                             UFFDIO_WRITEPROTECT_MODE_WP};
-  if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0)
-    return ErrnoStatus("UFFDIO_WRITEPROTECT");
+  if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0) {
+    Status e = ErrnoStatus("UFFDIO_WRITEPROTECT");
+    uffdio_range all = {reinterpret_cast<uint64_t>(base_), size_};
+    (void)::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &all);
+    return e;
+  }
+  tracker_->SetConservative(false);
   return Status::Ok();
 }
 
@@ -125,7 +143,7 @@ Status GuestMemory::BeginFrozenView(GpaRange range) {
       range.pages > pages() - first)
     return Status(Code::kInvalidArgument, "frozen view outside guest memory");
   // One uffd per mapping: the async dirty log steps aside for the view.
-  if (tracker_ != nullptr) {
+  if (tracking_) {
     tracker_->SetConservative(true);
     uffdio_range all = {reinterpret_cast<uint64_t>(base_), size_};
     if (::ioctl(uffd_.get(), UFFDIO_UNREGISTER, &all) != 0) {
@@ -138,10 +156,9 @@ Status GuestMemory::BeginFrozenView(GpaRange range) {
   Status s = view_->Start(range);
   if (!s.ok()) {
     view_->Close();
-    if (tracker_ != nullptr) {
+    if (tracking_) {
       Status r = ArmAsyncTracking();
       if (!r.ok()) return r.WithContext("restoring the dirty log");
-      tracker_->SetConservative(false);
     }
     return s;
   }
@@ -166,10 +183,7 @@ Result<uint64_t> GuestMemory::EndFrozenView() {
   if (v == nullptr)
     return Status(Code::kFailedPrecondition, "no frozen view to end");
   v->Close();  // unregisters; faulting writers retry and go on
-  if (tracker_ != nullptr) {
-    CPC_RETURN_IF_ERROR(ArmAsyncTracking());
-    tracker_->SetConservative(false);
-  }
+  if (tracking_) CPC_RETURN_IF_ERROR(ArmAsyncTracking());
   return v->copied();
 }
 
@@ -516,7 +530,7 @@ void FrozenView::Release(std::span<const Gpa> gpas) {
 Status ProbeDirtyTracking() {
   auto mem = GuestMemory::Create(k2M, true);
   if (!mem.ok()) return mem.status();
-  WriteTracker* t = (*mem)->tracker();
+  CPC_ASSIGN_OR_RETURN(WriteTracker * t, (*mem)->StartTracking());
   auto before = t->ReadHostLog(0, t->pages(), true);
   if (!before.ok()) return before.status();
   (*mem)->At(5 * kPageSize)[7] = 1;

@@ -4,6 +4,12 @@
 // the kernel allows and pre-faulted, so the VMM process can never map it.
 // With dirty tracking on, it is registered with userfaultfd write-protect in
 // async mode: the kernel marks written pages without any fault handler.
+// Tracking starts at its first use (StartTracking), as a VMM turns on KVM's
+// dirty log when a migration begins: write-protecting splits each huge page
+// on its first write and then costs every first write to a 4 KiB page a
+// fault (a 2 GiB guest OS's boot, which writes every page, took ~0.5 s of
+// faults, and a restore's commits ran on 4 KiB pages), so a CVM nobody
+// tracks keeps its huge pages and writes fault-free.
 //
 // WriteTracker (CVM process) is the only owner of those marks: it reads and
 // re-arms them with PAGEMAP_SCAN on /proc/self/pagemap and ORs every scan's
@@ -61,8 +67,12 @@ class GuestMemory {
   uint64_t pages() const { return size_ >> kPageShift; }
   bool Contains(Gpa gpa) const { return gpa < size_; }
   uint8_t* At(Gpa gpa) const { return base_ + gpa; }
-  // The write tracker, or nullptr if dirty tracking is off.
-  WriteTracker* tracker() const { return tracker_.get(); }
+  // The write tracker, tracking from the first call on: that call
+  // write-protects the region (or, while a frozen view stands, leaves that
+  // to EndFrozenView) and the tracker's first scans report every page.
+  // Thread-safe. kFailedPrecondition if dirty tracking is off; kIoError if
+  // the region cannot be write-protected.
+  Result<WriteTracker*> StartTracking();
 
   // Freezes pages [range) (see FrozenView). The caller makes sure no guest
   // write is in flight (gvCPUs paused). kFailedPrecondition if a view
@@ -81,14 +91,17 @@ class GuestMemory {
 
  private:
   GuestMemory() = default;
-  // (Re-)registers the region with uffd_ (async) and write-protects it.
+  // (Re-)registers the region with uffd_ (async), write-protects it and
+  // turns the tracker's conservative mode off. Caller holds frozen_mu_.
   Status ArmAsyncTracking();
 
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   Fd uffd_;
   std::unique_ptr<WriteTracker> tracker_;
-  std::mutex frozen_mu_;  // serialises Begin/EndFrozenView
+  // Serialises Begin/EndFrozenView and StartTracking (the uffd registrations).
+  std::mutex frozen_mu_;
+  bool tracking_ = false;  // StartTracking was called (guarded by frozen_mu_)
   // One view object for the life of the memory, reused by every view: a
   // reader that loaded it before its view ended never touches freed state.
   std::unique_ptr<FrozenView> view_;
@@ -162,8 +175,9 @@ void AppendSetPages(std::span<const uint64_t> bits, uint64_t first_page,
 // so the host's and the platform's scans never interleave.
 class WriteTracker {
  public:
-  // `base`/`size`: a region of this process registered with uffd-wp async
-  // (kIoError if /proc/self/pagemap cannot be opened).
+  // `base`/`size`: a region of this process that GuestMemory registers with
+  // uffd-wp async; conservative until then (kIoError if /proc/self/pagemap
+  // cannot be opened).
   static Result<std::unique_ptr<WriteTracker>> Open(uint8_t* base,
                                                     uint64_t size);
   uint64_t pages() const { return pages_; }
@@ -194,7 +208,7 @@ class WriteTracker {
   uint8_t* base_ = nullptr;
   uint64_t pages_ = 0;
   std::mutex mu_;
-  bool conservative_ = false;
+  bool conservative_ = true;  // until the region is armed
   PageBits host_;
   PageBits platform_;
 };

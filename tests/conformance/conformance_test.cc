@@ -698,8 +698,9 @@ TEST_CASE(
   constexpr uint64_t kPages = kBytes / cpc::kPageSize;
   auto mem = GuestMemory::Create(kBytes, true);
   REQUIRE_OK(mem);
-  cpc::emu::WriteTracker* t = (*mem)->tracker();
-  REQUIRE(t != nullptr);
+  auto started = (*mem)->StartTracking();
+  REQUIRE_OK(started);
+  cpc::emu::WriteTracker* t = *started;
   REQUIRE(t->pages() == kPages);
   auto host = [&](uint64_t first, uint64_t n, bool rearm) {
     auto bits = t->ReadHostLog(first, n, rearm);

@@ -1,11 +1,14 @@
 // The emulated machine's frozen view (background snapshot): a point-in-time
 // view of guest memory while writers keep going, copy-on-write on their first
 // write, writers held while a page is pinned, and exact dirty tracking back
-// after the view.
+// after the view; dirty tracking starting at its first use.
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -37,7 +40,9 @@ bool Holds(const uint8_t* p, uint8_t v) {
 }
 
 std::vector<Gpa> HostLog(GuestMemory& m) {
-  auto bits = m.tracker()->ReadHostLog(0, kPages, true);
+  auto t = m.StartTracking();
+  REQUIRE_OK(t);
+  auto bits = (*t)->ReadHostLog(0, kPages, true);
   REQUIRE_OK(bits);
   std::vector<Gpa> out;
   cpc::emu::AppendSetPages(*bits, 0, &out);
@@ -93,7 +98,7 @@ TEST_CASE(
   // Nothing tracked writes while the view stood: every page is reported
   // once, then tracking is exact again.
   REQUIRE(HostLog(m).size() == kPages);
-  REQUIRE(*m.tracker()->TakeWritten({0, kPages}) == [] {
+  REQUIRE(*(*m.StartTracking())->TakeWritten({0, kPages}) == [] {
     std::vector<Gpa> all;
     for (uint64_t p = 0; p < kPages; ++p) all.push_back(p * kPageSize);
     return all;
@@ -157,4 +162,85 @@ TEST_CASE(
     Fill(m, 3, 2);
     REQUIRE(m.At(3 * kPageSize)[0] == Tag(3, 2));
   }
+}
+
+namespace {
+// Page faults this thread took while running `f`.
+template <typename F>
+long FaultsDuring(F&& f) {
+  rusage before{}, after{};
+  ::getrusage(RUSAGE_THREAD, &before);
+  f();
+  ::getrusage(RUSAGE_THREAD, &after);
+  return after.ru_minflt - before.ru_minflt + after.ru_majflt -
+         before.ru_majflt;
+}
+
+// Whether page `page`'s PTE is uffd write-protected (pagemap bit 57).
+bool WriteProtected(GuestMemory& m, uint64_t page) {
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  uint64_t entry = 0;
+  const off_t off = static_cast<off_t>(
+      reinterpret_cast<uintptr_t>(m.At(page * kPageSize)) / kPageSize * 8);
+  const ssize_t n = ::pread(fd, &entry, sizeof entry, off);
+  ::close(fd);
+  REQUIRE(n == sizeof entry);
+  return (entry >> 57) & 1;
+}
+}  // namespace
+
+TEST_CASE(
+    "guest memory: dirty tracking starts at its first use, so an untracked "
+    "guest writes without faults, and a frozen view defers the start") {
+  auto mem = GuestMemory::Create(kBytes, true);
+  REQUIRE_OK(mem);
+  GuestMemory& m = **mem;
+  // Not yet tracked: no page is write-protected and rewriting all of
+  // (pre-faulted) memory takes no fault.
+  REQUIRE_FALSE(WriteProtected(m, 0));
+  REQUIRE_FALSE(WriteProtected(m, kPages - 1));
+  REQUIRE(FaultsDuring([&] {
+            for (uint64_t p = 0; p < kPages; ++p) Fill(m, p, 0);
+          }) < 16);
+  // A background snapshot's view on an untracked guest leaves it untracked.
+  REQUIRE_OK(m.BeginFrozenView({0, kPages}));
+  REQUIRE_OK(m.EndFrozenView());
+  REQUIRE_FALSE(WriteProtected(m, 7));
+
+  // The first use arms it and reports every page once (nothing was tracked
+  // before); from then on each first write to a page faults and is logged.
+  REQUIRE(HostLog(m).size() == kPages);
+  REQUIRE(WriteProtected(m, 0));
+  REQUIRE(WriteProtected(m, kPages - 1));
+  REQUIRE(HostLog(m).empty());
+  const long faults = FaultsDuring([&] {
+    for (uint64_t p = 0; p < 64; ++p) Fill(m, p, 1);
+  });
+  REQUIRE(faults >= 64);
+  REQUIRE(HostLog(m).size() == 64);
+
+  // Started while a view stands: armed when the view ends.
+  auto fresh = GuestMemory::Create(kBytes, true);
+  REQUIRE_OK(fresh);
+  GuestMemory& f = **fresh;
+  REQUIRE_OK(f.BeginFrozenView({0, kPages}));
+  auto t = f.StartTracking();
+  REQUIRE_OK(t);
+  auto during = (*t)->ReadHostLog(0, kPages, true);
+  REQUIRE_OK(during);
+  std::vector<Gpa> all;
+  cpc::emu::AppendSetPages(*during, 0, &all);
+  REQUIRE(all.size() == kPages);  // nothing tracks writes during the view
+  REQUIRE_OK(f.EndFrozenView());
+  REQUIRE(WriteProtected(f, 3));
+  REQUIRE(HostLog(f).size() == kPages);  // the view's end reports all once
+  REQUIRE(HostLog(f).empty());
+  Fill(f, 3, 2);
+  REQUIRE(HostLog(f) == std::vector<Gpa>{3 * kPageSize});
+
+  // Untracked memory says so.
+  auto plain = GuestMemory::Create(kBytes, false);
+  REQUIRE_OK(plain);
+  REQUIRE_CODE((*plain)->StartTracking(), cpc::Code::kFailedPrecondition);
 }
