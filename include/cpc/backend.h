@@ -113,7 +113,9 @@ class CPC_EXPORT Backend {
   // Stop / restart scheduling the guest OS's vCPUs (control plane only).
   virtual Status PauseGuest(CvmHandle cvm) = 0;
   virtual Status ResumeGuest(CvmHandle cvm) = 0;
-  // GPAs written since the last call with `rearm` (or since launch), sorted.
+  // GPAs written since the last call with `rearm`, sorted. Tracking starts at
+  // the first call (this or the platform's TakeWrittenPages), which returns
+  // every page.
   // Only GPAs cross to the host, never contents.
   virtual Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) = 0;
   // Asks the guest OS's agent (over the host<->guest channel) for a token.
@@ -188,10 +190,10 @@ class CPC_EXPORT GuestPlatform {
   // Guest-OS pages written since the previous call, as the platform itself
   // tracks them (SEV-SNP: VMPL0 revokes the guest's write permission and a
   // write comes back through it; CCA: plane-1 stage-2 permissions; TDX: SEPT
-  // BLOCKEDW / EXPORTED_DIRTY). Sorted GPAs inside GuestOsMemory(). The first
-  // call returns every page written since launch. The host reads its own
-  // dirty log but can neither clear nor hide these marks. One caller at a
-  // time (a migration's leader).
+  // BLOCKEDW / EXPORTED_DIRTY). Sorted GPAs inside GuestOsMemory(). Tracking
+  // may start at the first call, which returns every page. The host reads
+  // its own dirty log but can neither clear nor hide these marks. One caller
+  // at a time (a migration's leader).
   virtual Result<std::vector<Gpa>> TakeWrittenPages() = 0;
   // Revokes (false) or restores (true) the guest OS's right to run: while
   // revoked the platform refuses to resume the gvCPUs whatever the host asks

@@ -214,9 +214,10 @@ CPC_C_EXPORT cpc_status_t cpc_cvm_resume(cpc_backend_t* backend, cpc_cvm_t cvm);
  * [0, 0.99]; 0 removes the throttle. */
 CPC_C_EXPORT cpc_status_t cpc_cvm_throttle(cpc_backend_t* backend,
                                            cpc_cvm_t cvm, double fraction);
-/* The GPAs written since the last call with `rearm` (or since launch),
- * sorted: stores the first `capacity` in `gpas` (NULL if 0) and the total in
- * `*count`. With `rearm` the GPAs past `capacity` are gone. */
+/* The GPAs written since the last call with `rearm` (the first call starts
+ * tracking and returns every page), sorted: stores the first `capacity` in
+ * `gpas` (NULL if 0) and the total in `*count`. With `rearm` the GPAs past
+ * `capacity` are gone. */
 CPC_C_EXPORT cpc_status_t cpc_cvm_read_dirty_log(cpc_backend_t* backend,
                                                  cpc_cvm_t cvm, uint8_t rearm,
                                                  uint64_t* gpas,
