@@ -7,7 +7,7 @@
 // Tracking starts at its first use (StartTracking), as a VMM turns on KVM's
 // dirty log when a migration begins: write-protecting splits each huge page
 // on its first write and then costs every first write to a 4 KiB page a
-// fault (a 2 GiB guest OS's boot, which writes every page, took ~0.5 s of
+// fault (a 2 GiB guest OS's boot, which writes every page, took ~0.4 s of
 // faults, and a restore's commits ran on 4 KiB pages), so a CVM nobody
 // tracks keeps its huge pages and writes fault-free.
 //

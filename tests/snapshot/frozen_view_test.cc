@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <fcntl.h>
+#include <memory>
 #include <sys/resource.h>
 #include <thread>
 #include <unistd.h>
@@ -39,6 +40,12 @@ bool Holds(const uint8_t* p, uint8_t v) {
   return true;
 }
 
+std::unique_ptr<GuestMemory> NewMemory(bool tracked) {
+  auto mem = GuestMemory::Create(kBytes, tracked);
+  REQUIRE_OK(mem);
+  return std::move(*mem);
+}
+
 std::vector<Gpa> HostLog(GuestMemory& m) {
   auto t = m.StartTracking();
   REQUIRE_OK(t);
@@ -53,9 +60,8 @@ std::vector<Gpa> HostLog(GuestMemory& m) {
 TEST_CASE(
     "frozen view: pages read as at begin while a writer rewrites them, "
     "copied on first write") {
-  auto mem = GuestMemory::Create(kBytes, true);
-  REQUIRE_OK(mem);
-  GuestMemory& m = **mem;
+  auto mem = NewMemory(true);
+  GuestMemory& m = *mem;
   for (uint64_t p = 0; p < kPages; ++p) Fill(m, p, 0);
   (void)HostLog(m);
 
@@ -113,9 +119,8 @@ TEST_CASE(
     "the view frees a writer whose reader never comes back") {
   for (bool tracked : {true, false}) {
     INFO("dirty tracking " << tracked);
-    auto mem = GuestMemory::Create(kBytes, tracked);
-    REQUIRE_OK(mem);
-    GuestMemory& m = **mem;
+    auto mem = NewMemory(tracked);
+    GuestMemory& m = *mem;
     for (uint64_t p = 0; p < kPages; ++p) Fill(m, p, 0);
     REQUIRE_OK(m.BeginFrozenView({0, kPages}));
 
@@ -193,9 +198,8 @@ bool WriteProtected(GuestMemory& m, uint64_t page) {
 TEST_CASE(
     "guest memory: dirty tracking starts at its first use, so an untracked "
     "guest writes without faults, and a frozen view defers the start") {
-  auto mem = GuestMemory::Create(kBytes, true);
-  REQUIRE_OK(mem);
-  GuestMemory& m = **mem;
+  auto mem = NewMemory(true);
+  GuestMemory& m = *mem;
   // Not yet tracked: no page is write-protected and rewriting all of
   // (pre-faulted) memory takes no fault per page. (ASan's shadow of these
   // pages faults in on first use: 1 fault per 8 pages.)
@@ -222,17 +226,10 @@ TEST_CASE(
   REQUIRE(HostLog(m).size() == 64);
 
   // Started while a view stands: armed when the view ends.
-  auto fresh = GuestMemory::Create(kBytes, true);
-  REQUIRE_OK(fresh);
-  GuestMemory& f = **fresh;
+  auto fresh = NewMemory(true);
+  GuestMemory& f = *fresh;
   REQUIRE_OK(f.BeginFrozenView({0, kPages}));
-  auto t = f.StartTracking();
-  REQUIRE_OK(t);
-  auto during = (*t)->ReadHostLog(0, kPages, true);
-  REQUIRE_OK(during);
-  std::vector<Gpa> all;
-  cpc::emu::AppendSetPages(*during, 0, &all);
-  REQUIRE(all.size() == kPages);  // nothing tracks writes during the view
+  REQUIRE(HostLog(f).size() == kPages);  // nothing tracks writes in the view
   REQUIRE_OK(f.EndFrozenView());
   REQUIRE(WriteProtected(f, 3));
   REQUIRE(HostLog(f).size() == kPages);  // the view's end reports all once
@@ -241,7 +238,6 @@ TEST_CASE(
   REQUIRE(HostLog(f) == std::vector<Gpa>{3 * kPageSize});
 
   // Untracked memory says so.
-  auto plain = GuestMemory::Create(kBytes, false);
-  REQUIRE_OK(plain);
-  REQUIRE_CODE((*plain)->StartTracking(), cpc::Code::kFailedPrecondition);
+  REQUIRE_CODE(NewMemory(false)->StartTracking(),
+               cpc::Code::kFailedPrecondition);
 }
