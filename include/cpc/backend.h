@@ -110,6 +110,19 @@ class CPC_EXPORT Backend {
                                           const HvcpuEntry& entry) = 0;
   // The region the guest shares with the host. Valid until DestroyCvm.
   virtual Result<SharedRegion> MapSharedRegion(CvmHandle cvm) = 0;
+  // Maps the host file `fd` (regular, non-empty, read from offset 0)
+  // read-only into the CVM's shared memory, replacing any file attached
+  // before; returns its size. An emulated read-only memslot backed by a host
+  // file (virtio-pmem / DAX style): a module reads it in place
+  // (CallContext::shared_file) instead of through a ring the host fills by
+  // copying. The CVM holds its own reference; the caller keeps `fd`. Bytes
+  // stay host-controlled; a page past the end of a file shrunk meanwhile
+  // reads as zeros. kInvalidArgument for another kind of file; kUnimplemented
+  // where the platform has no such window (the default).
+  virtual Result<uint64_t> AttachSharedFile(CvmHandle cvm, int fd);
+  // Ends the attached file's mapping (the CVM then reads zeros there). OK if
+  // none is attached.
+  virtual Status DetachSharedFile(CvmHandle cvm);
   // Stop / restart scheduling the guest OS's vCPUs (control plane only).
   virtual Status PauseGuest(CvmHandle cvm) = 0;
   virtual Status ResumeGuest(CvmHandle cvm) = 0;
@@ -241,6 +254,8 @@ class CPC_EXPORT BackendWrapper : public Backend {
   Result<HvcpuExit> ScheduleHvcpu(CvmHandle cvm, uint32_t hvcpu,
                                   const HvcpuEntry& entry) override;
   Result<SharedRegion> MapSharedRegion(CvmHandle cvm) override;
+  Result<uint64_t> AttachSharedFile(CvmHandle cvm, int fd) override;
+  Status DetachSharedFile(CvmHandle cvm) override;
   Status PauseGuest(CvmHandle cvm) override;
   Status ResumeGuest(CvmHandle cvm) override;
   Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) override;

@@ -62,6 +62,12 @@ class CPC_EXPORT CallContext {
   // written here is visible to the host; everything read from it is
   // host-controlled input. Empty if the CVM shares none.
   virtual std::span<uint8_t> shared_memory() = 0;
+  // The host file the host attached read-only to the shared memory
+  // (Backend::AttachSharedFile), or empty. Host-controlled input like
+  // shared_memory(): its bytes may change while read, and read as zeros past
+  // the end of a file the host shrank. The span stays readable for the rest
+  // of the call, as zeros once the host detaches the file.
+  virtual std::span<const uint8_t> shared_file() { return {}; }
 
   // True when the slice is used up or an abort is pending.
   virtual bool ShouldYield() const = 0;

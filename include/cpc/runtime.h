@@ -47,6 +47,9 @@ struct RuntimeServices {
   ModuleRegistry* modules = nullptr;
   GuestPlatform* platform = nullptr;
   std::span<uint8_t> shared;  // memory shared with the host (may be empty)
+  // The host file currently attached read-only to the shared memory
+  // (Backend::AttachSharedFile), empty if none; may be null.
+  std::function<std::span<const uint8_t>()> shared_file;
 };
 
 class CPC_EXPORT HvcpuRuntime {

@@ -16,10 +16,14 @@
 // in the file, pauses it, lets its hvCPUs run MDI/SDI from the file, checks
 // completeness and integrity (record counters, epoch token, start token,
 // manifest), and resumes the guest. Any failure destroys the fresh CVM: no
-// half-restored CVM ever runs.
+// half-restored CVM ever runs. The hvCPUs read the file in place: the
+// backend must implement Backend::AttachSharedFile (every built-in one
+// does; kUnimplemented otherwise), and the file is detached again before
+// the guest resumes.
 //
 // Threading: each call uses its own threads (one per stream plus a file
-// writer/reader); the progress callback is called from the calling thread.
+// writer or walker); the progress callback is called from the stream
+// threads, one call at a time.
 // Errors: kIoError (file), kRecordMalformed / kDataLoss (not a snapshot,
 // truncated), kMeasurementMismatch (taken from another image/policy),
 // kAuthFailed / kRecord* / kEpochMismatch / kIncomplete (corrupt, reordered,
@@ -45,7 +49,8 @@ struct SnapshotStats {
   uint32_t streams = 0;      // hvCPUs used (one record stream each)
   uint64_t guest_bytes = 0;  // guest bytes processed so far
   uint64_t total_guest_bytes = 0;
-  uint64_t file_bytes = 0;  // bytes written to / read from the file
+  uint64_t file_bytes = 0;  // bytes written to the file; a restore: its size
+                            // (the CVM reads it in place)
   Duration elapsed{0};      // whole operation
   Duration paused{0};       // time the guest was paused (snapshot)
   // Background snapshot: pages the guest wrote before they were saved

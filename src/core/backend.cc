@@ -5,6 +5,12 @@ CPC_NAMESPACE_BEGIN
 Backend::~Backend() = default;
 GuestPlatform::~GuestPlatform() = default;
 
+Result<uint64_t> Backend::AttachSharedFile(CvmHandle, int) {
+  return Status(Code::kUnimplemented,
+                "this backend cannot attach host files to a CVM");
+}
+Status Backend::DetachSharedFile(CvmHandle) { return Status::Ok(); }
+
 namespace {
 Status NoFrozenView() {
   return Status(Code::kUnimplemented,
@@ -37,6 +43,12 @@ Result<HvcpuExit> BackendWrapper::ScheduleHvcpu(CvmHandle cvm, uint32_t hvcpu,
 }
 Result<SharedRegion> BackendWrapper::MapSharedRegion(CvmHandle cvm) {
   return target_->MapSharedRegion(cvm);
+}
+Result<uint64_t> BackendWrapper::AttachSharedFile(CvmHandle cvm, int fd) {
+  return target_->AttachSharedFile(cvm, fd);
+}
+Status BackendWrapper::DetachSharedFile(CvmHandle cvm) {
+  return target_->DetachSharedFile(cvm);
 }
 Status BackendWrapper::PauseGuest(CvmHandle cvm) {
   return target_->PauseGuest(cvm);

@@ -205,6 +205,10 @@ class HvcpuRuntime::Context final : public CallContext {
     return rt_->services_.authority->identity();
   }
   std::span<uint8_t> shared_memory() override { return rt_->services_.shared; }
+  std::span<const uint8_t> shared_file() override {
+    const auto& f = rt_->services_.shared_file;
+    return f ? f() : std::span<const uint8_t>();
+  }
   Status MaybeYield() override {
     CPC_RETURN_IF_ERROR(CheckBudgetTime());
     if (Clock::now() < call_->slice_end.load(std::memory_order_relaxed))

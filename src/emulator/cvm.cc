@@ -216,7 +216,8 @@ class Cvm {
         hc.index, iso,
         RuntimeServices{
             authority_.get(), &modules_, machine_platform_.get(),
-            std::span<uint8_t>(shared_.View().base, shared_.View().size)});
+            std::span<uint8_t>(shared_.View().base, shared_.View().size),
+            [this] { return shared_files_.Current(); }});
     h->channel = std::move(pair.first);
     Hvcpu* raw = h.get();
     h->server = std::thread([raw] { ServeHvcpu(raw); });
@@ -286,6 +287,22 @@ class Cvm {
         case kMsgDirtyLog:
           ServeDirtyLog(r);
           break;
+        case kMsgAttachFile: {
+          if (m->fds.size() != 1) {
+            (void)Reply(vm_, Status(Code::kInvalidArgument,
+                                    "attach needs exactly one file"));
+            break;
+          }
+          auto size = shared_files_.Attach(std::move(m->fds[0]));
+          std::vector<uint8_t> extra;
+          if (size.ok()) ByteWriter(&extra).Int<uint64_t>(*size);
+          (void)Reply(vm_, size.status(), extra);
+          break;
+        }
+        case kMsgDetachFile:
+          shared_files_.Detach();
+          (void)Reply(vm_, Status::Ok());
+          break;
         case kMsgGuestAccess: {
           const Gpa gpa = r.Int<uint64_t>();
           const bool write = r.Int<uint8_t>() != 0;
@@ -343,6 +360,7 @@ class Cvm {
   std::unique_ptr<TokenAuthority> authority_;
   ModuleRegistry modules_;
   SharedRegion shared_;
+  SharedFiles shared_files_;
   Doorbell to_guest_, to_host_;
   std::vector<std::unique_ptr<Hvcpu>> hvcpus_;
 };

@@ -38,8 +38,9 @@ constexpr uint64_t kDefaultSharedBytes = 8ull << 20;
 // payload and fds follow it (a transport failure is returned as a Status too).
 Status Call(Channel& ch, uint16_t type, std::span<const uint8_t> payload,
             std::vector<uint8_t>* extra = nullptr,
-            std::vector<Fd>* fds = nullptr) {
-  CPC_RETURN_IF_ERROR(ch.Send(type, payload));
+            std::vector<Fd>* fds = nullptr,
+            std::span<const int> send_fds = {}) {
+  CPC_RETURN_IF_ERROR(ch.Send(type, payload, send_fds));
   CPC_ASSIGN_OR_RETURN(Message m, ch.Recv(kControlTimeoutMs));
   if (m.type != kMsgReply)
     return Status(Code::kIoError, "unexpected reply from the CVM");
@@ -275,6 +276,25 @@ Result<HvcpuExit> EmulatedBackend::ScheduleHvcpu(CvmHandle handle,
 Result<cpc::SharedRegion> EmulatedBackend::MapSharedRegion(CvmHandle handle) {
   CPC_ASSIGN_OR_RETURN(auto cvm, Find(handle));
   return cvm->shared.View();
+}
+
+Result<uint64_t> EmulatedBackend::AttachSharedFile(CvmHandle handle, int fd) {
+  CPC_ASSIGN_OR_RETURN(auto cvm, Find(handle));
+  if (fd < 0) return Status(Code::kInvalidArgument, "bad file descriptor");
+  std::lock_guard<std::mutex> lock(cvm->vm_mu);
+  std::vector<uint8_t> extra;
+  CPC_RETURN_IF_ERROR(
+      Call(cvm->vm, kMsgAttachFile, {}, &extra, nullptr, std::span(&fd, 1)));
+  ByteReader r(extra);
+  const uint64_t size = r.Int<uint64_t>();
+  if (!r.done()) return Status(Code::kIoError, "bad attach reply");
+  return size;
+}
+
+Status EmulatedBackend::DetachSharedFile(CvmHandle handle) {
+  CPC_ASSIGN_OR_RETURN(auto cvm, Find(handle));
+  std::lock_guard<std::mutex> lock(cvm->vm_mu);
+  return Call(cvm->vm, kMsgDetachFile, {});
 }
 
 Status EmulatedBackend::PauseGuest(CvmHandle handle) {

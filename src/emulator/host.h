@@ -38,6 +38,8 @@ class EmulatedBackend : public Backend {
   Result<HvcpuExit> ScheduleHvcpu(CvmHandle cvm, uint32_t hvcpu,
                                   const HvcpuEntry& entry) override;
   Result<SharedRegion> MapSharedRegion(CvmHandle cvm) override;
+  Result<uint64_t> AttachSharedFile(CvmHandle cvm, int fd) override;
+  Status DetachSharedFile(CvmHandle cvm) override;
   Status PauseGuest(CvmHandle cvm) override;
   Status ResumeGuest(CvmHandle cvm) override;
   Result<std::vector<Gpa>> ReadDirtyLog(CvmHandle cvm, bool rearm) override;

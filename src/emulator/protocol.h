@@ -23,6 +23,10 @@ enum MsgType : uint16_t {
   // ceil(pages / 64) u64 words (bit i = page first_page + i).
   kMsgDirtyLog = 8,
   kMsgThrottle = 9,  // u32 per-mille of every 10 ms the gvCPUs do not run
+  // fds: one regular file, mapped read-only as the shared file window.
+  // Reply payload: u64 file bytes.
+  kMsgAttachFile = 10,
+  kMsgDetachFile = 11,
   // VM channel, CVM -> host.
   kMsgLaunched =
       20,          // identity + layout; fds: memfd, bell to guest, bell to host

@@ -1,6 +1,7 @@
 #include "emulator/shared.h"
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -16,6 +17,50 @@ CPC_NAMESPACE_BEGIN
 namespace emu {
 
 namespace {
+
+// The windows the SIGBUS handler may repair: [base, end) pairs, published
+// before the mapping can fault and never reused.
+struct Window {
+  std::atomic<uintptr_t> base{0}, end{0};
+};
+Window g_windows[SharedFiles::kMaxWindows];
+std::atomic<size_t> g_window_count{0};
+constexpr uintptr_t kHugePage = 2u << 20;
+
+// A read past the end of a shrunk shared file: zeros from that page to the
+// end of its window (one mapping, however much was cut off), then the read
+// is retried. Any other SIGBUS gets the default action.
+void OnSigbus(int sig, siginfo_t* info, void*) {
+  const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  const size_t n = g_window_count.load(std::memory_order_acquire);
+  for (size_t i = 0; i < n; ++i) {
+    const uintptr_t base = g_windows[i].base.load(std::memory_order_acquire);
+    const uintptr_t end = g_windows[i].end.load(std::memory_order_acquire);
+    if (addr < base || addr >= end) continue;
+    const uintptr_t page = addr & ~uintptr_t{kPageSize - 1};
+    if (::mmap(reinterpret_cast<void*>(page), end - page, PROT_READ,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+      return;
+    break;
+  }
+  ::signal(sig, SIG_DFL);  // the fault repeats and ends the process
+}
+
+void InstallSigbusHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, nullptr);
+  });
+}
+
+// Replaces [p, p + n) by zeros (read-only, no memory until touched).
+void ZeroMap(void* p, size_t n) {
+  ::mmap(p, n, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+}
 
 void CopyField(char* dst, size_t cap, std::string_view s) {
   size_t n = std::min(s.size(), cap - 1);
@@ -44,6 +89,65 @@ Result<SharedRegion> SharedRegion::Create(uint64_t bytes) {
   h->data_offset = 2 * kPageSize;
   h->data_size = bytes - 2 * kPageSize;
   return r;
+}
+
+SharedFiles::~SharedFiles() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto r : reserved_) ZeroMap(r.data(), r.size());
+}
+
+Result<uint64_t> SharedFiles::Attach(Fd file) {
+  struct stat st;
+  if (::fstat(file.get(), &st) != 0) return ErrnoStatus("fstat shared file");
+  if (!S_ISREG(st.st_mode) || st.st_size <= 0)
+    return Status(Code::kInvalidArgument,
+                  "a shared file must be a non-empty regular file");
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t slot = g_window_count.load();
+  if (slot == kMaxWindows)
+    return Status(Code::kResourceExhausted,
+                  "this CVM has attached too many shared files");
+  // Reserve a 2 MiB aligned range, then map the file at its start.
+  const uint64_t span = (size + kHugePage - 1) / kHugePage * kHugePage;
+  void* r = ::mmap(nullptr, span + kHugePage, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return ErrnoStatus("reserve shared file window");
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(r);
+  const uintptr_t base = (raw + kHugePage - 1) & ~(kHugePage - 1);
+  if (base > raw) ::munmap(r, base - raw);
+  if (base + span < raw + span + kHugePage)
+    ::munmap(reinterpret_cast<void*>(base + span),
+             raw + span + kHugePage - (base + span));
+  auto* p = static_cast<uint8_t*>(::mmap(reinterpret_cast<void*>(base), size,
+                                         PROT_READ, MAP_SHARED | MAP_FIXED,
+                                         file.get(), 0));
+  if (p == MAP_FAILED) {
+    Status e = ErrnoStatus("map shared file");
+    ::munmap(reinterpret_cast<void*>(base), span);
+    return e;
+  }
+  InstallSigbusHandler();
+  g_windows[slot].base.store(base, std::memory_order_release);
+  g_windows[slot].end.store(base + span, std::memory_order_release);
+  g_window_count.store(slot + 1, std::memory_order_release);
+  if (!current_.empty())
+    ZeroMap(const_cast<uint8_t*>(current_.data()), current_.size());
+  reserved_.push_back({p, span});
+  current_ = {p, size};
+  return size;
+}
+
+void SharedFiles::Detach() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (current_.empty()) return;
+  ZeroMap(const_cast<uint8_t*>(current_.data()), current_.size());
+  current_ = {};
+}
+
+std::span<const uint8_t> SharedFiles::Current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_;
 }
 
 Result<SharedRegion> SharedRegion::Map(Fd memfd) {

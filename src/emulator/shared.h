@@ -11,6 +11,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <span>
+#include <vector>
 
 #include <cpc/backend.h>
 #include <cpc/status.h>
@@ -83,6 +86,47 @@ class Doorbell {
 
  private:
   Fd fd_;
+};
+
+// CVM side of Backend::AttachSharedFile: host files mapped read-only into
+// the CVM's shared memory, an emulated read-only memslot backed by a host
+// file (as virtio-pmem / DAX back guest memory with one). The CVM process
+// maps the file itself, 2 MiB aligned, so page-cache folios of that size map
+// as huge pages: a module reads the host's bytes in place, with no copy into
+// a ring and next to no mapping cost.
+//
+// The file stays host-controlled: its bytes may change while read, and if
+// the host shrinks it, a read past the new end would raise SIGBUS. A process
+// handler then maps zeros from that page to the end of the window, so the
+// module reads zeros (and refuses them as it refuses any bad input) instead
+// of the CVM dying. Detach replaces the mapping by zeros and keeps the
+// address range until the process ends, so a call still holding the span
+// reads zeros, never unmapped memory.
+//
+// Thread-safe. At most kMaxWindows attaches per process (kResourceExhausted
+// after that; a CVM is restored into once).
+class SharedFiles {
+ public:
+  static constexpr size_t kMaxWindows = 64;
+  SharedFiles() = default;
+  ~SharedFiles();
+  SharedFiles(const SharedFiles&) = delete;
+  SharedFiles& operator=(const SharedFiles&) = delete;
+
+  // Maps `file` (a regular file, from offset 0) as the current window,
+  // detaching any earlier one; returns its size. kInvalidArgument for a file
+  // that is not regular or is empty; kIoError if it cannot be mapped.
+  Result<uint64_t> Attach(Fd file);
+  // Ends the current window (OK if there is none).
+  void Detach();
+  // The current window, empty if none. Valid for the life of the process;
+  // reads zeros once detached.
+  std::span<const uint8_t> Current() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::span<const uint8_t> current_;
+  std::vector<std::span<uint8_t>> reserved_;  // every range ever mapped
 };
 
 // Host side of the mailbox: asks the guest agent for a token.

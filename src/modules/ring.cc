@@ -30,18 +30,50 @@ void ResetHead(RingHead* h) {
   h->state.store(kFree, std::memory_order_release);
 }
 
-void Notify(RingHead* h) {
+namespace {
+void Wake(const std::atomic<uint32_t>* word) {
   // Not FUTEX_PRIVATE: the waiter is another process.
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&h->state), FUTEX_WAKE,
+  ::syscall(SYS_futex, reinterpret_cast<const uint32_t*>(word), FUTEX_WAKE,
             INT_MAX, nullptr, nullptr, 0);
 }
-
-void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout) {
+void Sleep(const std::atomic<uint32_t>* word, uint32_t seen,
+           std::chrono::microseconds timeout) {
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
   const timespec ts{static_cast<time_t>(timeout.count() / 1000000),
                     static_cast<long>(timeout.count() % 1000000) * 1000};
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&h->state), FUTEX_WAIT, seen,
-            &ts, nullptr, 0);
+  ::syscall(SYS_futex, reinterpret_cast<const uint32_t*>(word), FUTEX_WAIT,
+            seen, &ts, nullptr, 0);
+}
+}  // namespace
+
+void Notify(RingHead* h) { Wake(&h->state); }
+
+void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout) {
+  Sleep(&h->state, seen, timeout);
+}
+
+void RaiseLevel(std::atomic<uint32_t>* level, uint32_t value) {
+  level->store(value, std::memory_order_release);
+  Wake(level);
+}
+
+Status WaitLevel(CallContext& ctx, const std::atomic<uint32_t>* level,
+                 uint32_t want) {
+  // Sleeps up to the next yield: a timeout shorter than the scheduler tick
+  // costs a timer reprogramming, a VM exit here (see WaitState).
+  constexpr auto kYieldEvery = std::chrono::milliseconds(5);
+  for (;;) {
+    const auto yield_at = Clock::now() + kYieldEvery;
+    for (auto now = Clock::now(); now < yield_at; now = Clock::now()) {
+      const uint32_t seen = level->load(std::memory_order_acquire);
+      if (seen >= want) return Status::Ok();
+      Sleep(level, seen,
+            std::chrono::duration_cast<std::chrono::microseconds>(yield_at -
+                                                                  now));
+    }
+    if (level->load(std::memory_order_acquire) >= want) return Status::Ok();
+    CPC_RETURN_IF_ERROR(ctx.Yield());
+  }
 }
 
 bool AwaitState(RingHead* h, uint32_t want, const std::function<bool()>& stop,

@@ -66,6 +66,15 @@ void Notify(RingHead* h);
 // Sleeps until h->state may differ from `seen`, at most `timeout`.
 void WaitChange(RingHead* h, uint32_t seen, std::chrono::microseconds timeout);
 
+// A level: a u32 in shared memory that the host only raises (how far an
+// attached file is resident, in 4 KiB pages), with a doorbell of its own.
+// Host side: stores `value` and wakes the waiters.
+void RaiseLevel(std::atomic<uint32_t>* level, uint32_t value);
+// Module side: waits until *level >= want, asleep on the doorbell, yielding
+// the hvCPU to the host every 5 ms (its abort policy expects exits).
+Status WaitLevel(CallContext& ctx, const std::atomic<uint32_t>* level,
+                 uint32_t want);
+
 // The host's side of a doorbell wait: returns true once h->state == want,
 // false as soon as stop() (checked at least every `poll`: a stop is not
 // rung on this head's doorbell). A few yields first: the CVM usually

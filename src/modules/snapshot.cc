@@ -424,37 +424,76 @@ class SnapshotModule final : public Module {
     return Status::Ok();
   }
 
+  // Decrypts straight from the attached file (no ring, no copy, no waits
+  // for the host): each stream's hvCPU walks the whole chunk chain and
+  // imports its own chunks.
   Status Insert(CallContext& ctx) {
     ByteReader r(ctx.args());
     CPC_ASSIGN_OR_RETURN(SessionId id, ReadId(r));
     const uint32_t stream = r.Int<uint32_t>();
-    CPC_ASSIGN_OR_RETURN(ring::RingCursor cur, MapRing(ctx, r));
+    uint64_t off = r.Int<uint64_t>();
+    const uint64_t ready_at = r.Int<uint64_t>();
     CPC_ASSIGN_OR_RETURN(auto s, FindImport(id));
-    if (!r.done() || stream >= s->expected.streams)
+    const std::span<uint8_t> shared = ctx.shared_memory();
+    if (!r.done() || stream >= s->expected.streams || ready_at % 4 != 0 ||
+        ready_at > shared.size() || shared.size() - ready_at < 4)
       return Status(Code::kInvalidArgument, "bad snapshot.insert arguments");
+    // How far the host has the file resident, in pages (it reads a cold
+    // file ahead): reading further would fault it in folio by folio. A host
+    // that lies only slows this down.
+    const auto* ready = reinterpret_cast<const std::atomic<uint32_t>*>(
+        shared.data() + ready_at);
+    const auto resident = [&](uint64_t end) -> Status {
+      const uint64_t pages = (end + kPageSize - 1) / kPageSize;
+      if (pages > UINT32_MAX)
+        return Status(Code::kInvalidArgument, "snapshot file too large");
+      if (ready->load(std::memory_order_acquire) >= pages) return Status::Ok();
+      return ring::WaitLevel(ctx, ready, static_cast<uint32_t>(pages));
+    };
+    const std::span<const uint8_t> file = ctx.shared_file();
+    if (file.empty())
+      return Status(Code::kFailedPrecondition,
+                    "snapshot.insert reads the snapshot file, and the host "
+                    "attached none (Backend::AttachSharedFile)");
     ctx.SetWorkSize(
         Share({0, s->expected.pages}, stream, s->expected.streams).pages *
         kPageSize);
     ReceiverStream& rx = s->receiver->stream(stream);
+    const auto truncated = [&] {
+      return Status(Code::kDataLoss,
+                    fmt::format("snapshot stream {} is truncated", stream));
+    };
     for (;;) {
-      // The host's reader fills buffers in order and rings the doorbell.
-      CPC_RETURN_IF_ERROR(cur.WaitFull(ctx, NeverStop));
-      uint32_t flags = 0;
-      CPC_ASSIGN_OR_RETURN(auto data, cur.Take(&flags));
-      ImportProgress ip;
-      Status st = ImportRecords(rx, ctx.platform(), data, &ctx, &ip);
-      s->pages += ip.pages;
-      s->vcpus += static_cast<uint32_t>(ip.vcpus);
-      CPC_RETURN_IF_ERROR(st);
-      cur.Release();
-      if (flags & kEndOfStream) {
-        if (stream != 0 && !rx.ended())
-          return Status(
-              Code::kDataLoss,
-              fmt::format("snapshot stream {} ended without its end record",
-                          stream));
-        return Status::Ok();
+      if (off > file.size() || file.size() - off < kChunkHeaderBytes)
+        return truncated();
+      CPC_RETURN_IF_ERROR(resident(off + kChunkHeaderBytes));
+      uint8_t ch[kChunkHeaderBytes];  // host-controlled: read once
+      std::memcpy(ch, file.data() + off, sizeof ch);
+      const uint16_t chunk_stream = LoadLe<uint16_t>(ch);
+      const uint16_t flags = LoadLe<uint16_t>(ch + 2);
+      const uint32_t len = LoadLe<uint32_t>(ch + 4);
+      off += kChunkHeaderBytes;
+      if (chunk_stream == kFinalStream || len > file.size() - off)
+        return truncated();
+      if (chunk_stream == stream) {
+        CPC_RETURN_IF_ERROR(resident(off + len));
+        ImportProgress ip;
+        Status st = ImportRecords(rx, ctx.platform(), file.subspan(off, len),
+                                  &ctx, &ip);
+        s->pages += ip.pages;
+        s->vcpus += static_cast<uint32_t>(ip.vcpus);
+        CPC_RETURN_IF_ERROR(st);
+        if (flags & kEndOfStream) {
+          if (stream != 0 && !rx.ended())
+            return Status(
+                Code::kDataLoss,
+                fmt::format("snapshot stream {} ended without its end record",
+                            stream));
+          return Status::Ok();
+        }
       }
+      off += len;
+      CPC_RETURN_IF_ERROR(ctx.MaybeYield());
     }
   }
 

@@ -16,9 +16,18 @@
 //                 token + start token + sealed manifest. kFinishCancel:
 //                 no output (the host gives up on the snapshot)
 //   insert_begin  args {id, u32 streams, u64 pages, u32 vcpus, measurement}
-//   insert        args {id, u32 stream, ring}: MDI/SDI of what the host puts
-//                 in the ring until a buffer marked end-of-stream
+//   insert        args {id, u32 stream, u64 offset, u64 ready_at}: MDI/SDI of
+//                 the stream's chunks in the snapshot file the host attached
+//                 (CallContext::shared_file), walking its chunk chain from
+//                 `offset` (the first chunk) to the stream's end-of-stream
+//                 chunk; the other streams' chunks are skipped. It reads no
+//                 page of the file at or beyond the level (ring::WaitLevel)
+//                 at `ready_at` in shared memory: how many of its pages the
+//                 host has in its page cache
 //   insert_finish args {id} + {final bytes}: tokens, manifest check, commit
+// A chunk of the file: {u16 stream, u16 flags (kEndOfStream), u32 length}
+// and `length` bytes of records; the final chunk's stream is kFinalStream.
+// The file's bytes are host-controlled: every header is read once and checked.
 // ring = {u64 offset, u64 buffer bytes, u32 buffer count}: a record ring of
 // modules/ring.h in host-shared memory (2..16 buffers, each a 64-byte head
 // and a payload); producer and consumer walk the buffers in order and ring
@@ -49,6 +58,9 @@ using ring::kFree;
 using ring::kFull;
 using ring::kWriting;
 using ring::RingHead;
+
+inline constexpr size_t kChunkHeaderBytes = 8;
+inline constexpr uint16_t kFinalStream = 0xFFFF;
 
 inline constexpr uint8_t kBeginBackground = 1;
 inline constexpr uint8_t kFinishCancel = 1;

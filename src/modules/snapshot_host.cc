@@ -5,6 +5,7 @@
 //   chunks: u16 stream, u16 flags (1 = end of stream), u32 length, records
 //   final chunk: stream 0xFFFF: epoch token, start token, sealed manifest
 // Everything after the header is ciphertext produced inside the CVM.
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -38,7 +39,7 @@ using snap::SessionId;
 constexpr char kMagic[8] = {'C', 'P', 'C', 'S', 'N', 'A', 'P', '1'};
 constexpr uint32_t kFileVersion = 1;
 constexpr size_t kHeaderBytes = 4096;
-constexpr uint16_t kFinalStream = 0xFFFF;
+using snap::kFinalStream;
 constexpr uint64_t kRingBuffer = 1 << 20;  // per buffer
 constexpr uint32_t kRingDepth = 4;         // buffers per stream, at most
 
@@ -211,9 +212,24 @@ HvcpuEntry Entry(std::string procedure, std::vector<uint8_t> token,
 // Appends chunks to the file from a thread of its own, so the hvCPU fills
 // ring buffers while others are being written (straight from shared
 // memory: writev, no copy here).
+//
+// Writes end on 2 MiB file offsets whatever the chunk boundaries, holding
+// back a buffer's unwritten tail until the next write: the page cache then
+// holds the file in 2 MiB folios, which a restore maps as huge pages (next to
+// no cost). Written chunk by chunk (8-byte header + payload) the file was cut
+// into 4 KiB..512 KiB folios, and mapping those cost as much as copying.
+// A stream whose every buffer the writer holds is flushed at once, unaligned,
+// so its hvCPU never waits for a write that waits for it.
 class ChunkWriter {
  public:
-  explicit ChunkWriter(int fd) : fd_(fd), thread_([this] { Main(); }) {}
+  static constexpr uint64_t kAlign = 2 << 20;
+  // `at`: the file offset of the first chunk; `depth[i]`: stream i's buffers.
+  ChunkWriter(int fd, uint64_t at, std::vector<uint32_t> depth)
+      : fd_(fd),
+        pos_(at),
+        depth_(std::move(depth)),
+        held_(depth_.size(), 0),
+        thread_([this] { Main(); }) {}
   ~ChunkWriter() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -224,7 +240,18 @@ class ChunkWriter {
   }
   void Submit(uint16_t stream, RingHead* head, const uint8_t* data) {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back({stream, head, data});
+    Job j{stream, head, data, 0, {}};
+    StoreLe<uint16_t>(j.hdr, stream);
+    StoreLe<uint16_t>(j.hdr + 2,
+                      static_cast<uint16_t>(head->flags & kEndOfStream));
+    StoreLe<uint32_t>(j.hdr + 4, static_cast<uint32_t>(head->len));
+    if (!status_.ok()) {  // after a write error: nothing more is written
+      Free(j);
+      return;
+    }
+    pending_ += j.size();
+    ++held_[stream];
+    queue_.push_back(j);
     cv_.notify_all();
   }
   // The first write error, if any.
@@ -232,8 +259,11 @@ class ChunkWriter {
     std::lock_guard<std::mutex> lock(mu_);
     return status_;
   }
+  // Writes everything submitted (unaligned tail included).
   Status Drain() {
     std::unique_lock<std::mutex> lock(mu_);
+    drain_ = true;
+    cv_.notify_all();
     cv_.wait(lock, [&] { return (queue_.empty() && !busy_) || !status_.ok(); });
     return status_;
   }
@@ -244,57 +274,105 @@ class ChunkWriter {
     uint16_t stream;
     RingHead* head;
     const uint8_t* data;
+    uint64_t done;  // bytes of header + payload already written
+    uint8_t hdr[8];
+    uint64_t size() const { return 8 + head->len; }
   };
+  // Bytes to write now: up to the last 2 MiB boundary the queue reaches, or
+  // all of it when draining or a stream is starved; 0 = wait for more.
+  uint64_t Due() const {
+    if (queue_.empty()) return 0;
+    const uint64_t end = (pos_ + pending_) / kAlign * kAlign;
+    if (end > pos_) return end - pos_;
+    bool starved = false;
+    for (size_t i = 0; i < held_.size(); ++i)
+      starved = starved || held_[i] >= depth_[i];
+    return drain_ || stop_ || starved ? pending_ : 0;
+  }
+  void Free(const Job& j) {
+    j.head->state.store(kFree, std::memory_order_release);
+    ring::Notify(j.head);  // the module may be waiting for this buffer
+  }
   void Main() {
     std::unique_lock<std::mutex> lock(mu_);
+    std::vector<iovec> iov;
     for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      Job j = queue_.front();
-      queue_.pop_front();
+      cv_.wait(lock, [&] { return Due() > 0 || (stop_ && queue_.empty()); });
+      const uint64_t want = Due();
+      if (want == 0) return;
       busy_ = true;
-      lock.unlock();
-      uint8_t hdr[8];
-      StoreLe<uint16_t>(hdr, j.stream);
-      StoreLe<uint16_t>(hdr + 2,
-                        static_cast<uint16_t>(j.head->flags & kEndOfStream));
-      StoreLe<uint32_t>(hdr + 4, static_cast<uint32_t>(j.head->len));
-      iovec iov[2] = {{hdr, 8}, {const_cast<uint8_t*>(j.data), j.head->len}};
-      Status s;
-      size_t want = 8 + j.head->len, done = 0;
-      while (done < want) {
-        ssize_t w = ::writev(fd_, iov, 2);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          s = ErrnoStatus("write snapshot");
-          break;
-        }
-        done += static_cast<size_t>(w);
-        // Advance the iovecs past what was written.
-        size_t adv = static_cast<size_t>(w);
-        for (auto& v : iov) {
-          const size_t k = std::min(adv, v.iov_len);
-          v.iov_base = static_cast<uint8_t*>(v.iov_base) + k;
-          v.iov_len -= k;
-          adv -= k;
+      // The jobs at the queue's front stay put while unlocked (Submit only
+      // appends).
+      iov.clear();
+      uint64_t left = want;
+      for (size_t k = 0; k < queue_.size() && left > 0; ++k) {
+        const Job& j = queue_[k];
+        for (int part = 0; part < 2 && left > 0; ++part) {
+          const uint64_t lo = part == 0 ? 0 : 8, hi = part == 0 ? 8 : j.size();
+          if (j.done >= hi) continue;
+          const uint64_t from = std::max(j.done, lo);
+          const uint64_t n = std::min(hi - from, left);
+          const uint8_t* p = part == 0 ? j.hdr + from : j.data + (from - 8);
+          iov.push_back({const_cast<uint8_t*>(p), n});
+          left -= n;
         }
       }
-      bytes_ += done;
+      lock.unlock();
+      Status s = WriteV(iov, want);
       lock.lock();
       busy_ = false;
-      if (!s.ok() && status_.ok()) status_ = s;
-      j.head->state.store(kFree, std::memory_order_release);
-      ring::Notify(j.head);  // the module may be waiting for this buffer
+      bytes_ += want;
+      pos_ += want;
+      pending_ -= want;
+      for (uint64_t adv = want; adv > 0;) {
+        Job& j = queue_.front();
+        const uint64_t k = std::min(adv, j.size() - j.done);
+        j.done += k;
+        adv -= k;
+        if (j.done < j.size()) break;
+        --held_[j.stream];
+        Free(j);
+        queue_.pop_front();
+      }
+      if (!s.ok()) {
+        if (status_.ok()) status_ = s;
+        for (const Job& j : queue_) Free(j);
+        queue_.clear();
+        pending_ = 0;
+      }
       cv_.notify_all();
     }
   }
+  Status WriteV(std::vector<iovec>& iov, uint64_t want) {
+    size_t first = 0;
+    while (want > 0) {
+      const int n =
+          static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+      const ssize_t w = ::writev(fd_, iov.data() + first, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return ErrnoStatus("write snapshot");
+      want -= static_cast<uint64_t>(w);
+      // Advance the iovecs past what was written.
+      for (size_t adv = static_cast<size_t>(w); adv > 0;) {
+        const size_t k = std::min(adv, iov[first].iov_len);
+        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + k;
+        iov[first].iov_len -= k;
+        adv -= k;
+        if (iov[first].iov_len == 0) ++first;
+      }
+    }
+    return Status::Ok();
+  }
 
-  int fd_;
+  const int fd_;
+  uint64_t pos_;  // file offset of the next write
+  const std::vector<uint32_t> depth_;
+  std::vector<uint32_t> held_;  // per stream: buffers queued here
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
-  bool busy_ = false;
-  bool stop_ = false;
+  uint64_t pending_ = 0;  // unwritten bytes in queue_
+  bool busy_ = false, drain_ = false, stop_ = false;
   Status status_;
   std::atomic<uint64_t> bytes_{0};
   std::thread thread_;
@@ -425,7 +503,9 @@ Result<SnapshotStats> TakeSnapshot(Backend& backend, CvmHandle cvm,
 
   std::vector<Status> results(streams);
   {
-    ChunkWriter writer(fd);
+    std::vector<uint32_t> depth;
+    for (const StreamRing& r : rings) depth.push_back(r.count());
+    ChunkWriter writer(fd, kHeaderBytes, std::move(depth));
     std::vector<std::thread> drivers;
     for (uint32_t i = 0; i < streams; ++i) {
       drivers.emplace_back([&, i] {
@@ -547,6 +627,90 @@ Result<SnapshotInfo> ReadSnapshotInfo(const std::string& path) {
 
 namespace {
 
+// Whether all but 1/64 of the pages of [off, off + len) of `fd` are in the
+// page cache, by cachestat(2) (Linux 6.5: no copy, no folio locks); false if
+// the kernel cannot tell. Not all: reclaim (this VM runs DAMON) takes a few
+// pages of a hot file now and then - 520 of 534 152 once - and those the
+// hvCPUs fault in themselves.
+bool MostlyResident(int fd, uint64_t off, uint64_t len) {
+  struct {
+    uint64_t off, len;
+  } range{off, len};
+  struct {
+    uint64_t cache, dirty, writeback, evicted, recently_evicted;
+  } cs{};
+  constexpr long kSysCachestat = 451;  // x86-64 and generic tables
+  if (::syscall(kSysCachestat, fd, &range, &cs, 0) != 0) return false;
+  const uint64_t pages = (len + kPageSize - 1) / kPageSize;
+  return cs.cache >= pages - pages / 64;
+}
+
+// Walks the chunk chain of a snapshot file of `size` bytes as the hvCPUs do:
+// every stream must end before the final chunk, no chunk may be larger than
+// a ring buffer or name an unknown or ended stream; returns the final block.
+// kCancelled on `stop`.
+//
+// It also keeps the file resident ahead of the hvCPUs, and says how far in
+// `ready` (pages; the hvCPUs read no further): a file (mostly) in the page
+// cache is left alone (a copy would cost what the mapping saves), and of a
+// cold one the walk reads every chunk as it reaches it - the I/O pattern of
+// the plain read() it is measured against - rather than leave it to the
+// hvCPUs' page faults, one synchronous folio at a time. (Reading ahead in
+// 8 MiB pieces, each skipped if cachestat called it resident, made cold
+// restores 2-4x slower than the plain read; a 1-byte RWF_NOWAIT probe read
+// "not cached" for folios the hvCPUs were mapping at that moment.)
+Status WalkChunks(int fd, uint64_t size, uint32_t streams,
+                  const std::atomic<bool>& stop, std::atomic<uint32_t>* ready,
+                  std::vector<uint8_t>* final_block) {
+  const auto publish = [&](uint64_t end) {
+    ring::RaiseLevel(
+        ready, static_cast<uint32_t>((std::min(end, size) + kPageSize - 1) /
+                                     kPageSize));
+  };
+  const bool cold = !MostlyResident(fd, 0, size);
+  if (!cold) publish(size);
+  std::vector<uint8_t> buf(cold ? kRingBuffer : 0);
+  std::vector<bool> ended(streams, false);
+  uint64_t off = kHeaderBytes;
+  for (;;) {
+    if (stop) return Status(Code::kCancelled, "restore stopped");
+    uint8_t ch[snap::kChunkHeaderBytes];
+    CPC_RETURN_IF_ERROR(ReadAll(fd, ch, sizeof ch, static_cast<off_t>(off)));
+    const uint16_t stream = LoadLe<uint16_t>(ch);
+    const uint16_t flags = LoadLe<uint16_t>(ch + 2);
+    const uint32_t len = LoadLe<uint32_t>(ch + 4);
+    off += sizeof ch;
+    if (stream == kFinalStream) {
+      if (len > (1u << 20))
+        return Status(Code::kRecordMalformed, "snapshot final block too large");
+      for (uint32_t i = 0; i < streams; ++i)
+        if (!ended[i])
+          return Status(Code::kDataLoss,
+                        fmt::format("snapshot stream {} is truncated", i));
+      final_block->resize(len);
+      CPC_RETURN_IF_ERROR(
+          ReadAll(fd, final_block->data(), len, static_cast<off_t>(off)));
+      if (final_block->empty())
+        return Status(Code::kDataLoss, "snapshot has no final block");
+      return Status::Ok();
+    }
+    if (stream >= streams || len > kRingBuffer - sizeof(RingHead) ||
+        ended[stream])
+      return Status(
+          Code::kRecordMalformed,
+          fmt::format("snapshot chunk for stream {} is malformed", stream));
+    if (flags & kEndOfStream) ended[stream] = true;
+    if (size - std::min(size, off) < len)
+      return Status(Code::kDataLoss, "snapshot file is truncated");
+    if (cold) {
+      CPC_RETURN_IF_ERROR(
+          ReadAll(fd, buf.data(), len, static_cast<off_t>(off)));
+      publish(off + len);
+    }
+    off += len;
+  }
+}
+
 // Restores into a launched, paused CVM. Every error leaves it to the caller
 // to destroy the CVM.
 Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
@@ -554,7 +718,6 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
                    const RestoreOptions& options,
                    const SnapshotProgressFn& progress, SnapshotStats& stats,
                    Clock::time_point t0) {
-  CPC_ASSIGN_OR_RETURN(auto rings, LayOutRings(backend, cvm, h.streams));
   std::vector<uint8_t> args(h.id.begin(), h.id.end());
   ByteWriter w(&args);
   w.Int<uint32_t>(h.streams);
@@ -567,141 +730,66 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
               options.abort)
           .status());
 
-  // One reader per stream fills that stream's buffers in order, straight
-  // from the file into shared memory. Each walks the whole chain of chunk
-  // headers (8-byte preads, cheap) and reads only its own payloads, so the
-  // streams' pipelines run side by side: with one reader for all streams it
-  // was the bottleneck, and its copies landed in another core's cache than
-  // the hvCPU's that decrypts them. Stream drivers run the hvCPUs.
-  struct Reader {
-    Status status;
-    bool done = false;
-  };
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<Reader> readers(h.streams);
-  std::vector<uint8_t> final_block;  // read by reader 0
-  std::mutex stats_mu;
-  std::atomic<uint64_t> file_bytes{kHeaderBytes};
-  std::atomic<bool> stop{false};
-  const auto stopped = [&] { return stop.load(); };
-
-  const auto read_stream = [&](uint32_t mine) -> Status {
-    const StreamRing& ring = rings[mine];
-    uint32_t fill = 0;  // next buffer
-    std::vector<bool> ended(h.streams, false);
-    off_t off = kHeaderBytes;
-    for (;;) {
-      if (stop) return Status(Code::kCancelled, "restore stopped");
-      uint8_t ch[8];
-      CPC_RETURN_IF_ERROR(ReadAll(fd, ch, 8, off));
-      const uint16_t stream = LoadLe<uint16_t>(ch);
-      const uint16_t flags = LoadLe<uint16_t>(ch + 2);
-      const uint32_t len = LoadLe<uint32_t>(ch + 4);
-      if (stream == kFinalStream) {
-        if (len > (1u << 20))
-          return Status(Code::kRecordMalformed,
-                        "snapshot final block too large");
-        for (uint32_t i = 0; i < h.streams; ++i)
-          if (!ended[i])
-            return Status(Code::kDataLoss,
-                          fmt::format("snapshot stream {} is truncated", i));
-        if (mine != 0) return Status::Ok();
-        std::vector<uint8_t> fb(len);
-        CPC_RETURN_IF_ERROR(ReadAll(fd, fb.data(), len, off + 8));
-        file_bytes += 8 + len;
-        final_block = std::move(fb);
-        return final_block.empty()
-                   ? Status(Code::kDataLoss, "snapshot has no final block")
-                   : Status::Ok();
-      }
-      if (stream >= h.streams || len > kRingBuffer - sizeof(RingHead) ||
-          ended[stream])
-        return Status(
-            Code::kRecordMalformed,
-            fmt::format("snapshot chunk for stream {} is malformed", stream));
-      if (flags & kEndOfStream) ended[stream] = true;
-      if (stream == mine) {
-        RingHead* hd = ring.head(fill);
-        // The module rings the doorbell when it frees a buffer.
-        if (!ring::AwaitState(hd, kFree, stopped))
-          return Status(Code::kCancelled, "restore stopped");
-        CPC_RETURN_IF_ERROR(ReadAll(fd, ring.payload(fill), len, off + 8));
-        file_bytes += 8 + len;
-        hd->len = len;
-        hd->flags = flags & kEndOfStream;
-        hd->state.store(kFull, std::memory_order_release);
-        ring::Notify(hd);  // the module may be waiting for it
-        fill = (fill + 1) % ring.count();
-        {
-          // A driver waits here while its hvCPU is out (it yielded for data).
-          std::lock_guard<std::mutex> lock(mu);
-          cv.notify_all();
-        }
-        // The rest of the chain is other streams' (and reader 0's final
-        // block).
-        if (ended[mine] && mine != 0) return Status::Ok();
-      }
-      off += 8 + static_cast<off_t>(len);
+  // The hvCPUs read the file in place: the host attaches it to the CVM's
+  // shared memory (read-only) and each stream's hvCPU walks the chunk chain
+  // and decrypts its own chunks. The host neither copies nor hands over
+  // buffers; its one thread here walks the same chain to check the file's
+  // shape and find the final block and, if the file is not in the page
+  // cache, reads it ahead of the hvCPUs (see WalkChunks).
+  CPC_ASSIGN_OR_RETURN(const uint64_t file_size,
+                       backend.AttachSharedFile(cvm, fd));
+  struct Detach {
+    Backend& b;
+    CvmHandle cvm;
+    bool attached = true;
+    Status Now() {
+      attached = false;
+      return b.DetachSharedFile(cvm);
     }
-  };
-  std::vector<std::thread> reader_threads;
-  for (uint32_t i = 0; i < h.streams; ++i)
-    reader_threads.emplace_back([&, i] {
-      Status s = read_stream(i);
-      std::lock_guard<std::mutex> lock(mu);
-      readers[i].status = s;
-      readers[i].done = true;
-      if (!s.ok()) stop = true;
-      cv.notify_all();
-    });
+    ~Detach() {
+      if (attached) (void)b.DetachSharedFile(cvm);
+    }
+  } detach{backend, cvm};
 
+  // How far the file is resident (WalkChunks), for the hvCPUs: at the start
+  // of the shared data area (no ring uses it during a restore).
+  CPC_ASSIGN_OR_RETURN(SharedRegion shared, backend.MapSharedRegion(cvm));
+  constexpr uint64_t kReadyAt = 0;
+  if (shared.size < kReadyAt + sizeof(uint32_t))
+    return Status(Code::kResourceExhausted, "no shared memory for a restore");
+  if (file_size / kPageSize >= UINT32_MAX)
+    return Status(Code::kInvalidArgument, "snapshot file too large");
+  auto* ready = new (shared.base + kReadyAt) std::atomic<uint32_t>(0);
+  std::vector<uint8_t> final_block;
+  std::atomic<bool> stop{false};
+  Status walked;
+  std::thread walker([&] {
+    walked = WalkChunks(fd, file_size, h.streams, stop, ready, &final_block);
+    if (!walked.ok()) stop = true;
+  });
+
+  std::mutex stats_mu;
   std::vector<Status> results(h.streams);
   std::vector<std::thread> drivers;
   for (uint32_t i = 0; i < h.streams; ++i) {
     drivers.emplace_back([&, i] {
-      const StreamRing& ring = rings[i];
       const uint32_t hv = hvcpus[i % hvcpus.size()];
+      std::vector<uint8_t> a(h.id.begin(), h.id.end());
+      ByteWriter(&a).Int<uint32_t>(i);
+      ByteWriter(&a).Int<uint64_t>(kHeaderBytes);
+      ByteWriter(&a).Int<uint64_t>(kReadyAt);
       uint64_t reported = 0;
       auto out = DriveCallWith(
           [&](const HvcpuEntry& x) {
             return backend.ScheduleHvcpu(cvm, hv, x);
           },
-          Entry("insert", tokens.streams[i], RingArgs(h.id, i, ring),
-                options.slice),
+          Entry("insert", tokens.streams[i], std::move(a), options.slice),
           options.abort,
           [&](const HvcpuExit& exit, const CallStats&) -> Status {
-            // Wait for data (the module yields while its next buffer is
-            // empty).
-            const auto any_full = [&] {
-              for (uint32_t k = 0; k < ring.count(); ++k)
-                if (ring.head(k)->state.load() == kFull) return true;
-              return false;
-            };
-            std::unique_lock<std::mutex> lock(mu);
-            cv.wait(lock, [&] {
-              return any_full() || readers[i].done || stop.load();
-            });
-            const bool reader_done = readers[i].done;
-            Status s = reader_done ? readers[i].status : Status::Ok();
-            const bool have = any_full();
-            lock.unlock();
-            {
-              std::lock_guard<std::mutex> sl(stats_mu);
-              stats.guest_bytes += exit.progress.bytes_done - reported;
-              stats.file_bytes = file_bytes.load();
-              stats.elapsed = Clock::now() - t0;
-              const double secs =
-                  std::chrono::duration<double>(stats.elapsed).count();
-              stats.rate_bytes_per_s = secs > 0 ? stats.guest_bytes / secs : 0;
-              if (progress) progress(stats);
-            }
+            Report(progress, stats_mu, stats, t0,
+                   exit.progress.bytes_done - reported, file_size);
             reported = exit.progress.bytes_done;
-            if (stop) return Status(Code::kCancelled, "another stream failed");
-            if (!have && !s.ok()) return s;
-            if (!have && reader_done)
-              return Status(Code::kDataLoss,
-                            fmt::format("snapshot stream {} is truncated", i));
+            if (stop) return Status(Code::kCancelled, "restore stopped");
             return Status::Ok();
           });
       Status s = out.ok() ? out->status : out.status();
@@ -709,34 +797,32 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
         std::lock_guard<std::mutex> sl(stats_mu);
         stats.guest_bytes += out->stats.bytes - reported;
       }
-      if (!s.ok()) {
-        stop = true;
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-        // Wake the reader if it sleeps on this stream's doorbells.
-        for (uint32_t k = 0; k < ring.count(); ++k) ring::Notify(ring.head(k));
-      }
+      if (!s.ok()) stop = true;
       results[i] = s.WithContext(fmt::format("stream {}", i));
     });
   }
   for (auto& d : drivers) d.join();
-  for (const Status& s : results)
-    if (!s.ok()) {
-      stop = true;  // readers still waiting for a buffer give up
-      for (uint32_t i = 0; i < h.streams; ++i)
-        for (uint32_t k = 0; k < rings[i].count(); ++k)
-          ring::Notify(rings[i].head(k));
-    }
-  for (auto& r : reader_threads) r.join();
+  walker.join();
   // Prefer the file's own error (truncation, malformed chunk) over its
-  // symptoms in the streams.
-  for (const Reader& r : readers)
-    if (!r.status.ok() && r.status.code() != Code::kCancelled) return r.status;
-  // Then the stream that failed over those it stopped.
-  for (const Status& s : results)
-    if (!s.ok() && s.code() != Code::kCancelled) return s;
+  // symptoms in the streams, then the stream that failed over those it
+  // stopped or poisoned (a refused page poisons the receiver: the other
+  // streams then fail with kFailedPrecondition, maybe before it reports).
+  if (!walked.ok() && walked.code() != Code::kCancelled) return walked;
+  const auto failed = [&](auto&& pick) -> const Status* {
+    for (const Status& s : results)
+      if (!s.ok() && pick(s.code())) return &s;
+    return nullptr;
+  };
+  if (const Status* s = failed([](Code c) {
+        return c != Code::kCancelled && c != Code::kFailedPrecondition;
+      }))
+    return *s;
+  if (const Status* s = failed([](Code c) { return c != Code::kCancelled; }))
+    return *s;
   for (const Status& s : results) CPC_RETURN_IF_ERROR(s);
-  for (const Reader& r : readers) CPC_RETURN_IF_ERROR(r.status);
+  CPC_RETURN_IF_ERROR(walked);
+  // The restored CVM keeps no view of the file.
+  CPC_RETURN_IF_ERROR(detach.Now());
   std::vector<uint8_t> fargs(h.id.begin(), h.id.end());
   fargs.insert(fargs.end(), final_block.begin(), final_block.end());
   CPC_RETURN_IF_ERROR(
@@ -744,7 +830,7 @@ Status RestoreInto(Backend& backend, CvmHandle cvm, int fd, const Header& h,
               Entry("insert_finish", tokens.finish, fargs, options.slice),
               options.abort)
           .status());
-  stats.file_bytes = file_bytes.load();
+  stats.file_bytes = file_size;
   return Status::Ok();
 }
 

@@ -387,8 +387,17 @@ Status ReceiverStream::ImportMemory(GuestPlatform* platform,
                     h.record_bytes, expect));
 
   // Block heads: one private copy each (descriptor + tag), checked against
-  // the authenticated page table before any crypto.
+  // the authenticated page table before any crypto. A record read in place
+  // (an attached file) is not in any cache: fetch all its heads at once
+  // rather than one DRAM miss after another.
   size_t pos = kRecordPrefixBytes + Pad64(size_t{n} * kPageEntryBytes);
+  for (size_t i = 0, at = pos; i < n; ++i) {
+    __builtin_prefetch(rec.data() + at);
+    at += kBlockHeadBytes +
+          ((GetLe(table + i * kPageEntryBytes + 12, 4) & kPageFlagZero)
+               ? 0
+               : kPageSize);
+  }
   for (uint32_t i = 0; i < n; ++i) {
     uint8_t* head = heads_.data() + size_t{i} * 32;
     std::memcpy(head, rec.data() + pos, 32);
@@ -509,6 +518,20 @@ Status ReceiverStream::ImportMemorySinglePass(GuestPlatform* platform,
   uint8_t* const plain = scratch_;
   size_t pos = kRecordPrefixBytes + Pad64(size_t{n} * kPageEntryBytes);
   for (uint32_t i = 0; i < n; ++i) {
+    // The next page's ciphertext, a page ahead: read in place from an
+    // attached file it comes from DRAM, and the hardware prefetchers stop
+    // at every 4 KiB boundary.
+    if (i + 1 < n) {
+      const uint8_t* next = rec.data() + pos + 2 * kBlockHeadBytes +
+                            ((GetLe(aad_.data() + kRecordHeaderBytes +
+                                        size_t{i} * kPageEntryBytes + 12,
+                                    4) &
+                              kPageFlagZero)
+                                 ? 0
+                                 : kPageSize);
+      for (size_t line = 0; line < kPageSize; line += 64)
+        __builtin_prefetch(next + line);
+    }
     bool zero = false;
     if (Status s = OpenPage(h, rec, i, &pos, plain, &zero); !s.ok()) {
       // The pages before this one are in the guest already: the record is

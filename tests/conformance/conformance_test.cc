@@ -3,11 +3,13 @@
 // (host face) and the CVM image's modules (guest face).
 #include <algorithm>
 #include <cmath>
+#include <fcntl.h>
 #include <fstream>
 #include <limits>
 #include <optional>
 #include <set>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -47,7 +49,7 @@ cpc::TenantPolicy Policy() {
   hog.procedures = {"spin"};
   cpc::ModulePolicy probe;
   probe.module = "probe";
-  probe.procedures = {"written", "runnable", "evidence", "verify"};
+  probe.procedures = {"written", "runnable", "evidence", "verify", "file"};
   p.modules = {audit, seal, probe, hog};
   return p;
 }
@@ -553,6 +555,103 @@ TEST_CASE(
     REQUIRE_OK(env.b->ResumeGuest(*cvm));
     REQUIRE_OK(env.b->DestroyCvm(*cvm));
   }
+}
+
+// probe.file: the size of the CVM's shared file, and its bytes [off, +len).
+cpc::Result<std::pair<uint64_t, std::vector<uint8_t>>> ReadSharedFile(
+    cpc::Backend& b, cpc::CvmHandle cvm, uint64_t off, uint64_t len) {
+  std::vector<uint8_t> args(16);
+  std::memcpy(args.data(), &off, 8);
+  std::memcpy(args.data() + 8, &len, 8);
+  CPC_ASSIGN_OR_RETURN(auto out, Probe(b, cvm, "file", args));
+  REQUIRE(out.size() == 8 + len);
+  uint64_t size = 0;
+  std::memcpy(&size, out.data(), 8);
+  return std::make_pair(size, std::vector<uint8_t>(out.begin() + 8, out.end()));
+}
+
+TEST_CASE(
+    "conformance: a host file attached to the CVM is read in place, and a "
+    "host shrinking or detaching it cannot crash the CVM") {
+  char path[] = "/tmp/cpc-attach-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::unlink(path);
+  std::vector<uint8_t> bytes((3u << 20) + 123);  // not a page multiple
+  for (size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = static_cast<uint8_t>(i * 7 + (i >> 12));
+  REQUIRE(::pwrite(fd, bytes.data(), bytes.size(), 0) ==
+          static_cast<ssize_t>(bytes.size()));
+  for (auto& env : Backends()) {
+    INFO(env.backend);
+    REQUIRE(::ftruncate(fd, 0) == 0);
+    REQUIRE(::pwrite(fd, bytes.data(), bytes.size(), 0) ==
+            static_cast<ssize_t>(bytes.size()));
+    auto cvm = env.b->LaunchCvm(Config());
+    REQUIRE_OK(cvm);
+    // Nothing attached: the module sees no file.
+    auto none = ReadSharedFile(*env.b, *cvm, 0, 0);
+    REQUIRE_OK(none);
+    REQUIRE(none->first == 0);
+
+    auto size = env.b->AttachSharedFile(*cvm, fd);
+    REQUIRE_OK(size);
+    REQUIRE(*size == bytes.size());
+    auto head = ReadSharedFile(*env.b, *cvm, 0, 4096);
+    REQUIRE_OK(head);
+    REQUIRE(head->first == bytes.size());
+    REQUIRE(head->second ==
+            std::vector<uint8_t>(bytes.begin(), bytes.begin() + 4096));
+    auto tail = ReadSharedFile(*env.b, *cvm, bytes.size() - 200, 200);
+    REQUIRE_OK(tail);
+    REQUIRE(tail->second ==
+            std::vector<uint8_t>(bytes.end() - 200, bytes.end()));
+    REQUIRE(ReadSharedFile(*env.b, *cvm, bytes.size() - 1, 2).status().code() ==
+            Code::kInvalidArgument);
+
+    // In place, not a copy: the host's later write shows.
+    const uint8_t x = static_cast<uint8_t>(~bytes[5000]);
+    REQUIRE(::pwrite(fd, &x, 1, 5000) == 1);
+    auto changed = ReadSharedFile(*env.b, *cvm, 5000, 1);
+    REQUIRE_OK(changed);
+    REQUIRE(changed->second[0] == x);
+
+    // The host cuts the file to 1 MiB: the pages beyond read as zeros (a
+    // plain mapping would raise SIGBUS and kill the CVM), the rest as before.
+    REQUIRE(::ftruncate(fd, 1 << 20) == 0);
+    auto cut = ReadSharedFile(*env.b, *cvm, (2u << 20) + 10, 4096);
+    REQUIRE_OK(cut);
+    REQUIRE(cut->second == std::vector<uint8_t>(4096, 0));
+    auto kept = ReadSharedFile(*env.b, *cvm, 100, 100);
+    REQUIRE_OK(kept);
+    REQUIRE(kept->second ==
+            std::vector<uint8_t>(bytes.begin() + 100, bytes.begin() + 200));
+
+    // Detached: the module sees no file any more; the CVM lives on.
+    REQUIRE_OK(env.b->DetachSharedFile(*cvm));
+    auto gone = ReadSharedFile(*env.b, *cvm, 0, 0);
+    REQUIRE_OK(gone);
+    REQUIRE(gone->first == 0);
+    REQUIRE_OK(env.b->DetachSharedFile(*cvm));  // twice is fine
+    REQUIRE_OK(Digest(*env.b, *cvm));
+
+    // Only non-empty regular files.
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    REQUIRE(env.b->AttachSharedFile(*cvm, p[0]).status().code() ==
+            Code::kInvalidArgument);
+    ::close(p[0]);
+    ::close(p[1]);
+    REQUIRE(::ftruncate(fd, 0) == 0);
+    REQUIRE(env.b->AttachSharedFile(*cvm, fd).status().code() ==
+            Code::kInvalidArgument);
+    REQUIRE(env.b->AttachSharedFile(*cvm, -1).status().code() ==
+            Code::kInvalidArgument);
+    REQUIRE(env.b->AttachSharedFile(9999, fd).status().code() ==
+            Code::kNotFound);
+    REQUIRE_OK(env.b->DestroyCvm(*cvm));
+  }
+  ::close(fd);
 }
 
 TEST_CASE(

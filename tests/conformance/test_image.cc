@@ -43,11 +43,13 @@ class SealProbe final : public cpc::Module {
 //   runnable  u8      -> SetGuestOsRunnable(arg != 0)
 //   evidence  rd[64]  -> AttestationEvidence(rd)
 //   verify    rd[64] || evidence -> VerifyPeerEvidence(evidence, rd)
+//   file      u64 off, u64 len  -> u64 size of CallContext::shared_file(),
+//                                  then its bytes [off, off + len)
 class PlatformProbe final : public cpc::Module {
  public:
   std::string_view name() const override { return "probe"; }
   std::vector<std::string> procedures() const override {
-    return {"written", "runnable", "evidence", "verify"};
+    return {"written", "runnable", "evidence", "verify", "file"};
   }
   cpc::Isolation isolation() const override { return cpc::Isolation::kPlain; }
   cpc::Status Run(cpc::CallContext& ctx) override {
@@ -60,6 +62,23 @@ class PlatformProbe final : public cpc::Module {
       for (size_t i = 0; i < pages.size(); ++i)
         for (int b = 0; b < 8; ++b)
           out[i * 8 + b] = static_cast<uint8_t>(pages[i] >> (8 * b));
+      ctx.SetOutput(std::move(out));
+      return cpc::Status::Ok();
+    }
+    if (proc == "file") {
+      if (args.size() != 16)
+        return cpc::Status(cpc::Code::kInvalidArgument, "u64 off, u64 len");
+      uint64_t off = 0, len = 0;
+      std::memcpy(&off, args.data(), 8);
+      std::memcpy(&len, args.data() + 8, 8);
+      const auto file = ctx.shared_file();
+      if (off > file.size() || len > file.size() - off)
+        return cpc::Status(cpc::Code::kInvalidArgument,
+                           "beyond the shared file");
+      std::vector<uint8_t> out(8 + len);
+      const uint64_t size = file.size();
+      std::memcpy(out.data(), &size, 8);
+      if (len > 0) std::memcpy(out.data() + 8, file.data() + off, len);
       ctx.SetOutput(std::move(out));
       return cpc::Status::Ok();
     }
