@@ -25,6 +25,7 @@ struct Window {
 };
 Window g_windows[SharedFiles::kMaxWindows];
 std::atomic<size_t> g_window_count{0};
+std::mutex g_windows_mu;  // claims slots (the handler only reads)
 constexpr uintptr_t kHugePage = 2u << 20;
 
 // A read past the end of a shrunk shared file: zeros from that page to the
@@ -104,6 +105,7 @@ Result<uint64_t> SharedFiles::Attach(Fd file) {
                   "a shared file must be a non-empty regular file");
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> slots(g_windows_mu);
   const size_t slot = g_window_count.load();
   if (slot == kMaxWindows)
     return Status(Code::kResourceExhausted,
