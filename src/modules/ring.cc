@@ -44,6 +44,34 @@ void Sleep(const std::atomic<uint32_t>* word, uint32_t seen,
   ::syscall(SYS_futex, reinterpret_cast<const uint32_t*>(word), FUTEX_WAIT,
             seen, &ts, nullptr, 0);
 }
+
+// Sleeps on `word`'s doorbell until done(*word); kCancelled once stop().
+// The host's call loop expects an exit now and then (abort policy): the
+// hvCPU yields every 5 ms. Each sleep lasts up to the next yield (the
+// doorbell ends it early): a shorter timeout (it was 500 us) arms a timer
+// before the next scheduler tick, and programming the timer is a VM exit
+// here: ~7 us more CPU per wait + wake pair (docs/PERFORMANCE.md), at ~600
+// waits per GiB restored.
+template <typename Done, typename Stop>
+Status SleepUntil(CallContext& ctx, const std::atomic<uint32_t>* word,
+                  const Done& done, const Stop& stop) {
+  constexpr auto kYieldEvery = std::chrono::milliseconds(5);
+  auto yield_at = Clock::now() + kYieldEvery;
+  for (;;) {
+    const uint32_t seen = word->load(std::memory_order_acquire);
+    if (done(seen)) return Status::Ok();
+    if (stop()) return Status(Code::kCancelled, "the transfer was stopped");
+    if (Clock::now() >= yield_at) {
+      CPC_RETURN_IF_ERROR(ctx.Yield());
+      yield_at = Clock::now() + kYieldEvery;
+      continue;
+    }
+    Sleep(word, seen,
+          std::max(std::chrono::microseconds(0),
+                   std::chrono::ceil<std::chrono::microseconds>(yield_at -
+                                                                Clock::now())));
+  }
+}
 }  // namespace
 
 void Notify(RingHead* h) { Wake(&h->state); }
@@ -59,21 +87,9 @@ void RaiseLevel(std::atomic<uint32_t>* level, uint32_t value) {
 
 Status WaitLevel(CallContext& ctx, const std::atomic<uint32_t>* level,
                  uint32_t want) {
-  // Sleeps up to the next yield: a timeout shorter than the scheduler tick
-  // costs a timer reprogramming, a VM exit here (see WaitState).
-  constexpr auto kYieldEvery = std::chrono::milliseconds(5);
-  for (;;) {
-    const auto yield_at = Clock::now() + kYieldEvery;
-    for (auto now = Clock::now(); now < yield_at; now = Clock::now()) {
-      const uint32_t seen = level->load(std::memory_order_acquire);
-      if (seen >= want) return Status::Ok();
-      Sleep(level, seen,
-            std::chrono::duration_cast<std::chrono::microseconds>(yield_at -
-                                                                  now));
-    }
-    if (level->load(std::memory_order_acquire) >= want) return Status::Ok();
-    CPC_RETURN_IF_ERROR(ctx.Yield());
-  }
+  return SleepUntil(
+      ctx, level, [want](uint32_t v) { return v >= want; },
+      [] { return false; });
 }
 
 bool AwaitState(RingHead* h, uint32_t want, const std::function<bool()>& stop,
@@ -143,27 +159,8 @@ Status RingCursor::WaitState(CallContext& ctx, uint32_t want,
     if (h->state.load(std::memory_order_acquire) == want) return Status::Ok();
     CpuRelax();
   }
-  // The host's call loop expects an exit now and then (abort policy).
-  constexpr auto kYieldEvery = std::chrono::milliseconds(5);
-  auto yield_at = Clock::now() + kYieldEvery;
-  for (;;) {
-    const uint32_t s = h->state.load(std::memory_order_acquire);
-    if (s == want) return Status::Ok();
-    if (stop()) return Status(Code::kCancelled, "the transfer was stopped");
-    if (Clock::now() >= yield_at) {
-      CPC_RETURN_IF_ERROR(ctx.Yield());
-      yield_at = Clock::now() + kYieldEvery;
-      continue;
-    }
-    // One sleep up to the next yield; the doorbell ends it early. A shorter
-    // timeout (it was 500 us) arms a timer before the next scheduler tick,
-    // and programming the timer is a VM exit here: ~7 us more CPU per wait
-    // + wake pair (docs/PERFORMANCE.md), at ~600 waits per GiB restored.
-    WaitChange(h, s,
-               std::max(std::chrono::microseconds(0),
-                        std::chrono::ceil<std::chrono::microseconds>(
-                            yield_at - Clock::now())));
-  }
+  return SleepUntil(
+      ctx, &h->state, [want](uint32_t s) { return s == want; }, stop);
 }
 
 Status RingCursor::WaitFree(CallContext& ctx, const StopFn& stop) {

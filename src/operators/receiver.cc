@@ -16,6 +16,12 @@
 CPC_NAMESPACE_BEGIN
 namespace {
 
+// Bytes of a page's block in a memory record: its head, and its ciphertext
+// unless the page table entry `e` marks the page zero.
+size_t PageBlockBytes(const uint8_t* e) {
+  return kBlockHeadBytes + ((GetLe(e + 12, 4) & kPageFlagZero) ? 0 : kPageSize);
+}
+
 Status Malformed(std::string msg) {
   return Status(Code::kRecordMalformed, std::move(msg));
 }
@@ -378,7 +384,10 @@ Status ReceiverStream::ImportMemory(GuestPlatform* platform,
         (flags & ~kPageFlagsKnown) != 0)
       return Malformed(
           fmt::format("page entry {}: gpa {:#x} flags {:#x}", i, gpa, flags));
-    expect += kBlockHeadBytes + ((flags & kPageFlagZero) ? 0 : kPageSize);
+    // A record read in place (an attached file) is in no cache: fetch every
+    // block head now rather than one DRAM miss after another below.
+    if (expect < rec.size()) __builtin_prefetch(rec.data() + expect);
+    expect += PageBlockBytes(e);
   }
   if (expect != h.record_bytes)
     return Malformed(
@@ -387,17 +396,8 @@ Status ReceiverStream::ImportMemory(GuestPlatform* platform,
                     h.record_bytes, expect));
 
   // Block heads: one private copy each (descriptor + tag), checked against
-  // the authenticated page table before any crypto. A record read in place
-  // (an attached file) is not in any cache: fetch all its heads at once
-  // rather than one DRAM miss after another.
+  // the authenticated page table before any crypto.
   size_t pos = kRecordPrefixBytes + Pad64(size_t{n} * kPageEntryBytes);
-  for (size_t i = 0, at = pos; i < n; ++i) {
-    __builtin_prefetch(rec.data() + at);
-    at += kBlockHeadBytes +
-          ((GetLe(table + i * kPageEntryBytes + 12, 4) & kPageFlagZero)
-               ? 0
-               : kPageSize);
-  }
   for (uint32_t i = 0; i < n; ++i) {
     uint8_t* head = heads_.data() + size_t{i} * 32;
     std::memcpy(head, rec.data() + pos, 32);
@@ -409,8 +409,7 @@ Status ReceiverStream::ImportMemory(GuestPlatform* platform,
                     fmt::format("page block {} names gpa {:#x}, the page "
                                 "table has {:#x}",
                                 i, GetLe(head, 8), GetLe(e, 8)));
-    pos +=
-        kBlockHeadBytes + ((GetLe(e + 12, 4) & kPageFlagZero) ? 0 : kPageSize);
+    pos += PageBlockBytes(e);
   }
 
   // Claim every page for this epoch; undone if anything below fails.
@@ -522,13 +521,10 @@ Status ReceiverStream::ImportMemorySinglePass(GuestPlatform* platform,
     // attached file it comes from DRAM, and the hardware prefetchers stop
     // at every 4 KiB boundary.
     if (i + 1 < n) {
-      const uint8_t* next = rec.data() + pos + 2 * kBlockHeadBytes +
-                            ((GetLe(aad_.data() + kRecordHeaderBytes +
-                                        size_t{i} * kPageEntryBytes + 12,
-                                    4) &
-                              kPageFlagZero)
-                                 ? 0
-                                 : kPageSize);
+      const uint8_t* next = rec.data() + pos +
+                            PageBlockBytes(aad_.data() + kRecordHeaderBytes +
+                                           size_t{i} * kPageEntryBytes) +
+                            kBlockHeadBytes;
       for (size_t line = 0; line < kPageSize; line += 64)
         __builtin_prefetch(next + line);
     }
